@@ -1,1 +1,2 @@
+//! Dispatch benchmark (placeholder).
 fn main() {}

@@ -127,8 +127,9 @@ impl fmt::Debug for Clock {
 ///
 /// let manual = ManualClock::new();
 /// let rt = Runtime::builder().clock(manual.clock()).build()?;
-/// let h = rt.background().submit(Priority::Normal, |ctx| {
-///     ctx.sleep(Duration::from_secs(60))?; // waits on manual time
+/// let wake_at = manual.now() + Duration::from_secs(60);
+/// let h = rt.background().submit(Priority::Normal, move |ctx| {
+///     ctx.sleep_until(wake_at)?; // waits on manual time
 ///     Ok::<_, tierpool::Cancelled>("done")
 /// })?;
 /// manual.advance(Duration::from_secs(61));

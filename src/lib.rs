@@ -1,7 +1,69 @@
-//! tierpool: structured background work for synchronous Rust.
+//! # tierpool
+//!
+//! Structured background work for synchronous Rust programs — CLI tools,
+//! desktop applications, thread-per-request servers, batch jobs — without
+//! an async runtime.
+//!
+//! A [`Runtime`] owns three tiers, each a dedicated pool of named OS
+//! threads fed by bounded priority queues:
+//!
+//! - [`ui`](Runtime::ui): fast user-triggered work, with a global and a
+//!   per-user in-flight limit;
+//! - [`background`](Runtime::background): heavy work, paused above a memory
+//!   watermark;
+//! - [`realtime`](Runtime::realtime): event processing with slots reserved
+//!   for urgent work and preemption of lower priorities.
+//!
+//! One watchdog thread enforces warnings and timeouts through cooperative
+//! cancellation ([`TaskContext::checkpoint`]), declares tasks that ignore it
+//! zombies and replaces their threads. Every accepted task gets exactly one
+//! outcome; every rejected one hands its closure back; shutdown drains,
+//! cancels, joins and reports what never started.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tierpool::{Priority, Runtime};
+//!
+//! let rt = Runtime::builder().build()?;
+//! let h = rt.realtime().submit(Priority::High, |ctx| {
+//!     ctx.checkpoint()?;
+//!     Ok::<_, tierpool::Cancelled>(42)
+//! })?;
+//! assert_eq!(h.join().unwrap(), 42);
+//! let report = rt.shutdown(Duration::from_secs(1));
+//! println!("{report}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
+mod admission;
+mod cancel;
 mod clock;
+mod error;
+mod memory;
+mod pool;
+mod priority;
+mod queue;
+mod runtime;
+mod slot;
+mod stats;
 mod sync;
+mod task;
+mod telemetry;
+mod tier;
+mod watchdog;
 
+pub use cancel::{CancelReason, Cancelled};
 pub use clock::{Clock, ManualClock};
+pub use error::{BuildError, ConfigError, RejectReason, SubmitError, TaskError};
+pub use memory::{process_rss, MemoryProbe};
+pub use pool::config::{TierConfig, Watermark, MAX_QUEUE_CAPACITY, MAX_WORKERS_LIMIT};
+pub use priority::{ParsePriorityError, Priority};
+pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown};
+pub use slot::TaskResult;
+pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
+pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
+pub use telemetry::Percentiles;
+pub use tier::{Once, Restartable, TaskBuilder, Tier};

@@ -1,0 +1,215 @@
+//! Admission: the tier-wide and per-user in-flight limits.
+//!
+//! "In flight" is queued + running. A [`Permit`] is taken at submit and
+//! given back when the work is really over: the worker's thread returned
+//! from it, or it was discarded before it started.
+//!
+//! # Invariants
+//!
+//! 1. `in_flight` never exceeds `max_in_flight`, and no user's count
+//!    exceeds `per_user_limit`: both are checked and bumped in one step
+//!    (a compare-and-swap loop; the user map under its lock).
+//! 2. Every permit is returned exactly once (it is an RAII guard), so a
+//!    rejected or cancelled submission leaks nothing.
+//! 3. A blocked submitter always learns of a release: it announces itself
+//!    in `room_waiters` before trying, every release then bumps `room_gen`
+//!    and notifies under the `room` lock, and the waiter blocks only while
+//!    `room_gen` is unchanged since before its last try.
+//!
+//! # Deadlock safety
+//!
+//! `users` and `room` are leaves and are never held together.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::clock::Clock;
+use crate::error::RejectReason;
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+
+pub(crate) struct Admission {
+    max_in_flight: Option<usize>,
+    per_user_limit: Option<usize>,
+    in_flight: AtomicUsize,
+    users: Mutex<HashMap<Arc<str>, usize>>,
+    room_waiters: AtomicUsize,
+    /// Bumped by every notification, so waiters can tell they missed none.
+    room_gen: AtomicU64,
+    room: Mutex<()>,
+    room_cv: Condvar,
+}
+
+/// One unit of in-flight capacity; returned on drop.
+pub(crate) struct Permit {
+    admission: Arc<Admission>,
+    user: Option<Arc<str>>,
+}
+
+impl Admission {
+    pub(crate) fn new(max_in_flight: Option<usize>, per_user_limit: Option<usize>) -> Self {
+        Admission {
+            max_in_flight,
+            per_user_limit,
+            in_flight: AtomicUsize::new(0),
+            users: Mutex::new(HashMap::new()),
+            room_waiters: AtomicUsize::new(0),
+            room_gen: AtomicU64::new(0),
+            room: Mutex::new(()),
+            room_cv: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn user_in_flight(&self, user: &str) -> usize {
+        self.users.lock().get(user).copied().unwrap_or(0)
+    }
+
+    /// Takes a permit, or says which limit is reached (invariant 1).
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        user: Option<&Arc<str>>,
+    ) -> Result<Permit, RejectReason> {
+        let limit = self.max_in_flight.unwrap_or(usize::MAX);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| RejectReason::TierLimit { limit })?;
+        if let (Some(user), Some(limit)) = (user, self.per_user_limit) {
+            let mut users = self.users.lock();
+            let n = users.entry(user.clone()).or_insert(0);
+            if *n >= limit {
+                if *n == 0 {
+                    users.remove(user);
+                }
+                drop(users);
+                self.release_global();
+                return Err(RejectReason::UserLimit {
+                    user: user.to_string(),
+                    limit,
+                });
+            }
+            *n += 1;
+        }
+        Ok(Permit {
+            admission: self.clone(),
+            user: if self.per_user_limit.is_some() {
+                user.cloned()
+            } else {
+                None
+            },
+        })
+    }
+
+    fn release_global(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.notify_room();
+    }
+
+    /// Wakes blocked submitters, if any announced themselves (invariant 3).
+    pub(crate) fn notify_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.room.lock();
+            self.room_gen.fetch_add(1, Ordering::SeqCst);
+            self.room_cv.notify_all();
+        }
+    }
+
+    /// Announces a blocked submitter; see [`RoomWaiter`].
+    pub(crate) fn room_waiter(&self) -> RoomWaiter<'_> {
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        RoomWaiter {
+            admission: self,
+            seen: self.room_gen.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// A submitter waiting for capacity. Protocol: `wait` only blocks if no
+/// release happened since the previous `wait` returned (or since
+/// announcing), so a release between a failed attempt and the wait is
+/// never missed (invariant 3).
+pub(crate) struct RoomWaiter<'a> {
+    admission: &'a Admission,
+    seen: u64,
+}
+
+impl RoomWaiter<'_> {
+    /// Blocks until capacity may have freed up or `deadline` passes on
+    /// `clock`; `false` once the deadline has passed.
+    pub(crate) fn wait(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
+        let a = self.admission;
+        let mut g = a.room.lock();
+        while a.room_gen.load(Ordering::SeqCst) == self.seen {
+            if deadline.is_some_and(|d| clock.now() >= d) {
+                return false;
+            }
+            g = a.room_cv.wait_budget(g, clock.wait_budget(deadline));
+        }
+        drop(g);
+        self.seen = a.room_gen.load(Ordering::SeqCst);
+        !deadline.is_some_and(|d| clock.now() >= d)
+    }
+}
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.admission.room_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(user) = self.user.take() {
+            let mut users = self.admission.users.lock();
+            if let Some(n) = users.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(&user);
+                }
+            }
+        }
+        self.admission.release_global();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_and_user_limits_hold_and_release() {
+        let a = Arc::new(Admission::new(Some(3), Some(2)));
+        let u1: Arc<str> = Arc::from("u1");
+        let u2: Arc<str> = Arc::from("u2");
+        let p1 = a.try_acquire(Some(&u1)).unwrap();
+        let _p2 = a.try_acquire(Some(&u1)).unwrap();
+        assert!(matches!(
+            a.try_acquire(Some(&u1)),
+            Err(RejectReason::UserLimit { limit: 2, .. })
+        ));
+        // The failed user attempt must not leak a global permit.
+        assert_eq!(a.in_flight(), 2);
+        let _p3 = a.try_acquire(Some(&u2)).unwrap();
+        assert!(matches!(
+            a.try_acquire(None),
+            Err(RejectReason::TierLimit { limit: 3 })
+        ));
+        drop(p1);
+        assert_eq!(a.user_in_flight("u1"), 1);
+        assert!(a.try_acquire(Some(&u1)).is_ok());
+    }
+
+    #[test]
+    fn users_map_is_cleaned_up() {
+        let a = Arc::new(Admission::new(None, Some(1)));
+        let u: Arc<str> = Arc::from("");
+        drop(a.try_acquire(Some(&u)).unwrap());
+        assert!(a.users.lock().is_empty());
+        assert_eq!(a.in_flight(), 0);
+    }
+}

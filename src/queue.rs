@@ -1,0 +1,154 @@
+//! A tier's priority queue: one bounded crossbeam channel per level, and
+//! the pick rule that reads them highest first without starving the rest.
+//!
+//! # The pick rule ([`Picker`])
+//!
+//! Among the levels that are non-empty and allowed, take the most urgent,
+//! unless a less urgent one has been passed over `starvation_limit` times in
+//! a row while it waited: then the most urgent such *starving* level goes
+//! first. So a waiting level is served at least once every
+//! `starvation_limit + 4` picks, whatever arrives above it.
+//!
+//! Picks happen under one small lock, so the rule sees a consistent view:
+//! only pickers receive from the channels, and a level seen non-empty
+//! under the lock stays non-empty until the pick.
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+use crate::priority::Priority;
+use crate::sync::Mutex;
+use crate::task::Work;
+
+/// The pure pick rule, kept apart so it can be property-tested and
+/// model-checked on its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Picker {
+    skipped: [u32; 4],
+    starvation_limit: u32,
+}
+
+impl Picker {
+    pub(crate) fn new(starvation_limit: u32) -> Self {
+        Picker {
+            skipped: [0; 4],
+            starvation_limit: starvation_limit.max(1),
+        }
+    }
+
+    /// Chooses a level (0 = critical) among those both `waiting` and
+    /// `allowed`, and updates the pass-over counts.
+    pub(crate) fn choose(&mut self, waiting: [bool; 4], allowed: [bool; 4]) -> Option<usize> {
+        let ready = |l: usize| waiting[l] && allowed[l];
+        let first = (0..4).find(|&l| ready(l))?;
+        let chosen = (0..4)
+            .find(|&l| ready(l) && self.skipped[l] >= self.starvation_limit)
+            .unwrap_or(first);
+        for (skipped, _) in self.skipped[chosen + 1..]
+            .iter_mut()
+            .zip(&waiting[chosen + 1..])
+            .filter(|(_, &w)| w)
+        {
+            *skipped = skipped.saturating_add(1);
+        }
+        self.skipped[chosen] = 0;
+        Some(chosen)
+    }
+}
+
+pub(crate) struct PriorityQueue {
+    tx: [Sender<Work>; 4],
+    rx: [Receiver<Work>; 4],
+    picker: Mutex<Picker>,
+    capacity: usize,
+}
+
+impl PriorityQueue {
+    pub(crate) fn new(capacity: usize, starvation_limit: u32) -> Self {
+        let (t0, r0) = bounded(capacity);
+        let (t1, r1) = bounded(capacity);
+        let (t2, r2) = bounded(capacity);
+        let (t3, r3) = bounded(capacity);
+        PriorityQueue {
+            tx: [t0, t1, t2, t3],
+            rx: [r0, r1, r2, r3],
+            picker: Mutex::new(Picker::new(starvation_limit)),
+            capacity,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Never blocks; hands the work back when the level is full.
+    #[inline]
+    pub(crate) fn push(&self, p: Priority, w: Work) -> Result<(), Work> {
+        self.tx[p.index()].try_send(w).map_err(|e| match e {
+            TrySendError::Full(w) | TrySendError::Disconnected(w) => w,
+        })
+    }
+
+    /// Takes the next work item by the pick rule. `allowed` is read and
+    /// `on_pick` run under the pick lock, so admission rules that depend
+    /// on what is running (reserved slots) see no race between pickers.
+    pub(crate) fn pick(
+        &self,
+        allowed: impl FnOnce() -> [bool; 4],
+        on_pick: impl FnOnce(usize),
+    ) -> Option<(usize, Work)> {
+        let mut picker = self.picker.lock();
+        let waiting = [0, 1, 2, 3].map(|l| !self.rx[l].is_empty());
+        if !waiting.contains(&true) {
+            return None;
+        }
+        let level = picker.choose(waiting, allowed())?;
+        let w = self.rx[level].try_recv().ok()?;
+        on_pick(level);
+        Some((level, w))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.iter().all(|r| r.is_empty())
+    }
+
+    pub(crate) fn has_waiting(&self, levels: [bool; 4]) -> bool {
+        (0..4).any(|l| levels[l] && !self.rx[l].is_empty())
+    }
+
+    /// Empties every level (shutdown).
+    pub(crate) fn drain(&self) -> Vec<Work> {
+        let _picker = self.picker.lock();
+        self.rx.iter().flat_map(|r| r.try_iter()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [bool; 4] = [true; 4];
+
+    #[test]
+    fn highest_first() {
+        let mut p = Picker::new(100);
+        assert_eq!(p.choose([false, true, true, true], ALL), Some(1));
+        assert_eq!(p.choose([true, true, true, true], ALL), Some(0));
+        assert_eq!(p.choose([false; 4], ALL), None);
+    }
+
+    #[test]
+    fn low_level_served_after_limit() {
+        let mut p = Picker::new(3);
+        let both = [true, false, false, true];
+        let picks: Vec<_> = (0..8).map(|_| p.choose(both, ALL).unwrap()).collect();
+        assert_eq!(picks, vec![0, 0, 0, 3, 0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn disallowed_levels_are_not_picked_but_still_counted_as_waiting() {
+        let mut p = Picker::new(2);
+        let allowed = [true, true, false, false];
+        assert_eq!(p.choose([true, false, true, false], allowed), Some(0));
+        assert_eq!(p.choose([false, false, true, false], allowed), None);
+    }
+}

@@ -1,0 +1,411 @@
+//! The runtime: owns every tier and the watchdog, builds them from one
+//! validated configuration, reports stats, and shuts everything down
+//! together with an accounted drain report.
+//!
+//! # Shutdown, step by step (see `pool/shutdown.rs` for the invariants)
+//!
+//! 1. Every tier stops admitting (`ShuttingDown`) and keeps running what is
+//!    queued, until all are drained or the grace period ends.
+//! 2. Every tier stops taking work; what is still queued is cancelled
+//!    (reason: shutdown) and listed as never started; what still runs is
+//!    cancelled.
+//! 3. Workers get the tier's cancel grace to return; whoever is still inside
+//!    a task then is a zombie: reported and detached, never waited on
+//!    forever. Every other thread is joined, the watchdog last.
+//!
+//! A second `shutdown`, or the `Drop` after an explicit one, returns the
+//! first report and does nothing else.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::error::BuildError;
+use crate::memory::{process_rss, MemoryProbe};
+use crate::pool::config::TierConfig;
+use crate::pool::{PoolShared, StopOutcome};
+use crate::stats::Stats;
+use crate::sync::{Arc, Mutex};
+use crate::task::TaskId;
+use crate::tier::Tier;
+use crate::watchdog::Watchdog;
+
+/// Under a manual clock nobody may be advancing time during shutdown, so
+/// each waiting phase also ends after this much real time (a test cannot
+/// hang on it).
+const MANUAL_CLOCK_REAL_CAP: Duration = Duration::from_secs(10);
+
+/// Builds a [`Runtime`]; defaults are the seed's numbers (see the README's
+/// tier table).
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::Runtime;
+/// let rt = Runtime::builder()
+///     .ui(|t| t.per_user_limit(20).timeout(Duration::from_secs(30)))
+///     .background(|t| t.max_workers(2))
+///     .build()?;
+/// # drop(rt);
+/// # Ok::<(), tierpool::BuildError>(())
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct RuntimeBuilder {
+    ui: TierConfig,
+    background: TierConfig,
+    realtime: TierConfig,
+    clock: Clock,
+    probe: Option<MemoryProbe>,
+    drop_grace: Duration,
+}
+
+impl RuntimeBuilder {
+    fn new() -> Self {
+        RuntimeBuilder {
+            ui: TierConfig::ui(),
+            background: TierConfig::background(),
+            realtime: TierConfig::realtime(),
+            clock: Clock::system(),
+            probe: None,
+            drop_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Adjusts the ui tier.
+    pub fn ui(mut self, f: impl FnOnce(TierConfig) -> TierConfig) -> Self {
+        self.ui = f(self.ui);
+        self
+    }
+
+    /// Adjusts the background tier.
+    pub fn background(mut self, f: impl FnOnce(TierConfig) -> TierConfig) -> Self {
+        self.background = f(self.background);
+        self
+    }
+
+    /// Adjusts the realtime tier.
+    pub fn realtime(mut self, f: impl FnOnce(TierConfig) -> TierConfig) -> Self {
+        self.realtime = f(self.realtime);
+        self
+    }
+
+    /// The clock everything uses (a [`ManualClock`](crate::ManualClock) in
+    /// tests).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Where resident-memory readings come from (default: the process RSS).
+    pub fn memory_probe(mut self, probe: impl Fn() -> Option<u64> + Send + Sync + 'static) -> Self {
+        self.probe = Some(Arc::new(probe));
+        self
+    }
+
+    /// The grace `Drop` gives running work when the runtime was not shut
+    /// down explicitly (default 5 s).
+    pub fn drop_grace(mut self, d: Duration) -> Self {
+        self.drop_grace = d;
+        self
+    }
+
+    /// Validates everything and starts the threads. The error names the
+    /// first bad field.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        for cfg in [&self.ui, &self.background, &self.realtime] {
+            cfg.validate()?;
+        }
+        let watchdog = Arc::new(Watchdog::start(self.clock.clone()).map_err(BuildError::Spawn)?);
+        let probe = self.probe.unwrap_or_else(|| Arc::new(process_rss));
+        let tiers = [self.ui, self.background, self.realtime].map(|cfg| Tier {
+            pool: PoolShared::new(cfg, self.clock.clone(), watchdog.clone(), probe.clone()),
+        });
+        let rt = Runtime {
+            tiers,
+            watchdog,
+            clock: self.clock,
+            drop_grace: self.drop_grace,
+            report: Mutex::new(None),
+        };
+        for t in &rt.tiers {
+            if let Err(e) = t.pool.start() {
+                rt.shutdown(Duration::ZERO);
+                return Err(BuildError::Spawn(e));
+            }
+        }
+        Ok(rt)
+    }
+}
+
+/// Structured background work for a synchronous program: the `ui`,
+/// `background` and `realtime` tiers, each a dedicated pool of OS threads
+/// with a bounded priority queue, one watchdog enforcing timeouts, stats,
+/// and a graceful shutdown that accounts for every task.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::{Priority, Runtime};
+///
+/// let rt = Runtime::builder().build()?;
+/// let h = rt.ui()
+///     .task(|ctx| {
+///         ctx.checkpoint()?;
+///         Ok::<_, tierpool::Cancelled>("character 42")
+///     })
+///     .user("user-17")
+///     .timeout(Duration::from_secs(5))
+///     .submit()?;
+/// match h.join() {
+///     Ok(v) => assert_eq!(v, "character 42"),
+///     Err(e) if e.is_timeout() => println!("timed out"),
+///     Err(e) => println!("{e}"),
+/// }
+/// println!("{}", rt.stats());
+/// let report = rt.shutdown(Duration::from_secs(10));
+/// assert!(report.never_started.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Runtime {
+    tiers: [Tier; 3],
+    watchdog: Arc<Watchdog>,
+    clock: Clock,
+    drop_grace: Duration,
+    report: Mutex<Option<ShutdownReport>>,
+}
+
+impl Runtime {
+    /// A builder with the seed's defaults.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::new()
+    }
+
+    /// The ui tier: fast, user-triggered work, fair between users.
+    pub fn ui(&self) -> &Tier {
+        &self.tiers[0]
+    }
+
+    /// The background tier: heavy processing, memory-watermarked.
+    pub fn background(&self) -> &Tier {
+        &self.tiers[1]
+    }
+
+    /// The realtime tier: event processing with reserved slots and
+    /// preemption.
+    pub fn realtime(&self) -> &Tier {
+        &self.tiers[2]
+    }
+
+    /// A tier by name.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name() == name)
+    }
+
+    /// Every tier.
+    pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter()
+    }
+
+    /// The runtime's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// A snapshot of every tier's numbers.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            tiers: self.tiers.iter().map(|t| t.stats()).collect(),
+            watchdog_pending: self.watchdog.pending(),
+        }
+    }
+
+    /// Pauses every tier (see [`Tier::pause`]).
+    pub fn pause_all(&self) {
+        self.tiers.iter().for_each(Tier::pause);
+    }
+
+    /// Resumes every tier.
+    pub fn resume_all(&self) {
+        self.tiers.iter().for_each(Tier::resume);
+    }
+
+    /// Whether [`shutdown`](Runtime::shutdown) has run.
+    pub fn is_shut_down(&self) -> bool {
+        self.report.lock().is_some()
+    }
+
+    /// Stops admitting, lets queued and running work finish for up to
+    /// `grace`, cancels what is left, joins every thread (zombies are
+    /// reported and detached) and returns what happened. Calling it again
+    /// returns the same report.
+    pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let mut slot = self.report.lock();
+        if let Some(r) = &*slot {
+            return r.clone();
+        }
+        let started = Instant::now();
+        let before: Vec<u64> = self.tiers.iter().map(|t| finished(&t.stats())).collect();
+        for t in &self.tiers {
+            t.pool.begin_drain();
+        }
+        let drained = {
+            let deadline = self.phase_deadline(grace);
+            self.tiers.iter().all(|t| t.pool.wait_drained(deadline))
+        };
+        let mut per_tier: Vec<StopOutcome> = Vec::new();
+        for t in &self.tiers {
+            let mut out = StopOutcome::default();
+            t.pool.stop(&mut out);
+            per_tier.push(out);
+        }
+        let grace_after_cancel = self
+            .tiers
+            .iter()
+            .map(|t| t.pool.config.cancel_grace)
+            .max()
+            .unwrap_or_default();
+        let deadline = self.phase_deadline(grace_after_cancel);
+        for (t, out) in self.tiers.iter().zip(per_tier.iter_mut()) {
+            t.pool.finish_threads(deadline, out);
+        }
+        self.watchdog.stop();
+        let mut report = ShutdownReport {
+            drained_in_time: drained,
+            took: started.elapsed(),
+            ..ShutdownReport::default()
+        };
+        for ((t, out), before) in self.tiers.iter().zip(per_tier).zip(before) {
+            let s = t.stats();
+            let cancelled = out.cancelled_running.len() + t.pool.cancelled_at_stop();
+            report.tiers.push(TierShutdown {
+                name: t.name(),
+                completed_during_drain: finished(&s) - before,
+                cancelled_running: cancelled,
+                never_started: out.never_started.len(),
+                zombies: out.zombies.len() + s.zombie_threads,
+            });
+            report.completed_during_drain += finished(&s) - before;
+            report.cancelled_running.extend(out.cancelled_running);
+            report.cancelled_at_start += t.pool.cancelled_at_stop();
+            report.never_started.extend(out.never_started);
+            report.zombies.extend(out.zombies);
+            report.threads_joined += out.threads_joined;
+            report.threads_detached += out.threads_detached;
+        }
+        log::info!(target: "tierpool::supervisor", "shutdown: {report}");
+        *slot = Some(report.clone());
+        report
+    }
+
+    /// A deadline `d` from now on the runtime's clock, and under a manual
+    /// clock a real-time cap too (see `MANUAL_CLOCK_REAL_CAP`).
+    fn phase_deadline(&self, d: Duration) -> PhaseDeadline {
+        PhaseDeadline {
+            at: self.clock.deadline_after(d),
+            real_cap: if self.clock.is_manual() {
+                Instant::now().checked_add(MANUAL_CLOCK_REAL_CAP)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// When a shutdown phase ends: at `at` on the runtime's clock, or at
+/// `real_cap` in real time, whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PhaseDeadline {
+    pub(crate) at: Option<Instant>,
+    pub(crate) real_cap: Option<Instant>,
+}
+
+impl PhaseDeadline {
+    pub(crate) fn passed(&self, clock: &Clock) -> bool {
+        self.at.is_some_and(|d| clock.now() >= d)
+            || self.real_cap.is_some_and(|c| Instant::now() >= c)
+    }
+
+    /// How long a wait may block (bounded under a manual clock).
+    pub(crate) fn budget(&self, clock: &Clock) -> Option<Duration> {
+        clock.wait_budget(self.at)
+    }
+}
+
+fn finished(s: &crate::TierStats) -> u64 {
+    s.completed + s.failed + s.panicked
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown(self.drop_grace);
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("clock", &self.clock)
+            .field("shut_down", &self.is_shut_down())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One tier's part of a [`ShutdownReport`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierShutdown {
+    /// Tier name.
+    pub name: &'static str,
+    /// Tasks that reached completed/failed/panicked during the drain.
+    pub completed_during_drain: u64,
+    /// Running tasks cancelled by shutdown.
+    pub cancelled_running: usize,
+    /// Queued tasks that never started.
+    pub never_started: usize,
+    /// Threads left inside tasks that ignored cancellation.
+    pub zombies: usize,
+}
+
+/// What [`Runtime::shutdown`] did: enough to account for every task that
+/// was in the runtime, and the ids of those that never started so the
+/// application can persist or resubmit them (their handles resolve as
+/// cancelled with reason shutdown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Whether everything drained within the grace period.
+    pub drained_in_time: bool,
+    /// Tasks that finished (completed, failed or panicked) during the drain.
+    pub completed_during_drain: u64,
+    /// Running tasks cancelled when the grace period ended.
+    pub cancelled_running: Vec<TaskId>,
+    /// Tasks a worker had just taken when shutdown began, cancelled before
+    /// they ran.
+    pub cancelled_at_start: usize,
+    /// Queued tasks that never started.
+    pub never_started: Vec<TaskId>,
+    /// Tasks still running after the cancel grace (their threads detached).
+    pub zombies: Vec<TaskId>,
+    /// Threads joined.
+    pub threads_joined: usize,
+    /// Threads detached because they were stuck in a zombie task.
+    pub threads_detached: usize,
+    /// Per tier.
+    pub tiers: Vec<TierShutdown>,
+    /// How long shutdown took (real time).
+    pub took: Duration,
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in {:.0?}: {} finished during drain, {} cancelled while running, {} never started, {} zombies; {} threads joined, {} detached",
+            if self.drained_in_time { "drained" } else { "grace period ended" },
+            self.took,
+            self.completed_during_drain,
+            self.cancelled_running.len() + self.cancelled_at_start,
+            self.never_started.len(),
+            self.zombies.len(),
+            self.threads_joined,
+            self.threads_detached
+        )
+    }
+}

@@ -1,0 +1,193 @@
+//! The outcome slot: where exactly one terminal outcome of a task lands.
+//!
+//! Three parties race to settle a running task: the worker (the task
+//! returned or panicked), the watchdog (timeout) and whoever cancels it
+//! (the caller, preemption, shutdown, the memory budget).
+//!
+//! # Invariants
+//!
+//! 1. A slot goes `Pending → Ready → Taken` and never back: the first
+//!    `settle` wins; every later one gets its value handed back (and the
+//!    caller drops it, outside the lock, counted as a late result).
+//! 2. The winner's outcome is recorded in the stats exactly once, inside
+//!    `settle` and before waiters wake, so a `join` followed by `stats()`
+//!    always sees it.
+//! 3. A waiter always wakes: `settle` notifies under the slot's lock and
+//!    waiters re-check the state under it.
+//!
+//! # Deadlock safety
+//!
+//! The slot's lock is a leaf: nothing else is locked while it is held, and
+//! user values are dropped only after it is released.
+
+use std::time::Instant;
+
+use crate::cancel::CancelReason;
+use crate::clock::Clock;
+use crate::error::TaskError;
+use crate::sync::{Condvar, Mutex};
+use crate::task::TaskStatus;
+use crate::telemetry::TierCounters;
+
+/// What a task's handle finally yields.
+pub type TaskResult<T, E> = Result<T, TaskError<E>>;
+
+enum SlotState<T, E> {
+    Pending,
+    Ready(TaskResult<T, E>),
+    /// The outcome was handed to the handle; `status` keeps what it was.
+    Taken(TaskStatus),
+}
+
+pub(crate) struct Slot<T, E> {
+    state: Mutex<SlotState<T, E>>,
+    cv: Condvar,
+}
+
+pub(crate) fn status_of<T, E>(r: &TaskResult<T, E>) -> TaskStatus {
+    match r {
+        Ok(_) => TaskStatus::Completed,
+        Err(TaskError::Failed(_)) => TaskStatus::Failed,
+        Err(TaskError::Panicked(_)) => TaskStatus::Panicked,
+        Err(TaskError::Cancelled(r)) => TaskStatus::Cancelled(*r),
+    }
+}
+
+impl<T, E> Slot<T, E> {
+    pub(crate) fn new() -> Self {
+        Slot {
+            state: Mutex::new(SlotState::Pending),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Settles the slot with `r` if it is still pending (invariant 1):
+    /// `Ok(status)` when this call won, `Err(r)` handing the loser back.
+    /// The winner's outcome is recorded in `counters` before any waiter
+    /// can see it (invariant 2), so stats read after `join` include it.
+    pub(crate) fn settle(
+        &self,
+        r: TaskResult<T, E>,
+        counters: &TierCounters,
+    ) -> Result<TaskStatus, TaskResult<T, E>> {
+        let mut st = self.state.lock();
+        if !matches!(*st, SlotState::Pending) {
+            return Err(r);
+        }
+        let status = status_of(&r);
+        *st = SlotState::Ready(r);
+        counters.record(status);
+        self.cv.notify_all();
+        Ok(status)
+    }
+
+    /// Blocks until settled, then takes the outcome.
+    pub(crate) fn take_wait(&self) -> TaskResult<T, E> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(r) = Self::take_ready(&mut st) {
+                return r;
+            }
+            st = self.cv.wait(st);
+        }
+    }
+
+    /// Takes the outcome if settled by `deadline` on `clock`.
+    pub(crate) fn take_until(
+        &self,
+        clock: &Clock,
+        deadline: Option<Instant>,
+    ) -> Option<TaskResult<T, E>> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(r) = Self::take_ready(&mut st) {
+                return Some(r);
+            }
+            if deadline.is_some_and(|d| clock.now() >= d) {
+                return None;
+            }
+            st = self.cv.wait_budget(st, clock.wait_budget(deadline));
+        }
+    }
+
+    fn take_ready(st: &mut SlotState<T, E>) -> Option<TaskResult<T, E>> {
+        if !matches!(st, SlotState::Ready(_)) {
+            return None;
+        }
+        let SlotState::Ready(r) = std::mem::replace(st, SlotState::Taken(TaskStatus::Queued))
+        else {
+            return None;
+        };
+        *st = SlotState::Taken(status_of(&r));
+        Some(r)
+    }
+}
+
+/// The type-erased face of a slot, for the parts of the runtime that do
+/// not know the task's value and error types.
+pub(crate) trait Settle: Send + Sync {
+    /// Settles as cancelled with `reason`; `true` if this call won.
+    fn settle_cancelled(&self, reason: CancelReason, counters: &TierCounters) -> bool;
+    /// Settles as panicked (the worker thread itself died); `true` if won.
+    fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool;
+    /// The terminal status, once settled.
+    fn outcome(&self) -> Option<TaskStatus>;
+}
+
+impl<T: Send, E: Send> Settle for Slot<T, E> {
+    fn settle_cancelled(&self, reason: CancelReason, counters: &TierCounters) -> bool {
+        self.settle(Err(TaskError::Cancelled(reason)), counters)
+            .is_ok()
+    }
+
+    fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool {
+        self.settle(Err(TaskError::Panicked(message.to_string())), counters)
+            .is_ok()
+    }
+
+    fn outcome(&self) -> Option<TaskStatus> {
+        match &*self.state.lock() {
+            SlotState::Pending => None,
+            SlotState::Ready(r) => Some(status_of(r)),
+            SlotState::Taken(s) => Some(*s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_settle_wins_and_loser_is_handed_back() {
+        let c = TierCounters::new();
+        let s: Slot<u32, ()> = Slot::new();
+        assert_eq!(s.settle(Ok(1), &c).unwrap(), TaskStatus::Completed);
+        let loser = s.settle(Ok(2), &c).unwrap_err();
+        assert_eq!(loser.unwrap(), 2);
+        assert!(!s.settle_cancelled(CancelReason::Timeout, &c));
+        assert_eq!(c.snapshot().completed, 1);
+        assert_eq!(s.take_wait().unwrap(), 1);
+        assert_eq!(s.outcome(), Some(TaskStatus::Completed));
+    }
+
+    #[test]
+    fn waiter_wakes_on_settle() {
+        let s: Arc<Slot<u32, ()>> = Arc::new(Slot::new());
+        let s2 = s.clone();
+        let h = std::thread::spawn(move || s2.take_wait());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(s.settle_cancelled(CancelReason::Caller, &TierCounters::new()));
+        assert!(h.join().unwrap().unwrap_err().is_cancelled());
+    }
+
+    #[test]
+    fn take_until_gives_up_at_deadline() {
+        let m = crate::ManualClock::new();
+        let c = m.clock();
+        let s: Slot<u32, ()> = Slot::new();
+        let d = c.now();
+        assert!(s.take_until(&c, Some(d)).is_none());
+    }
+}

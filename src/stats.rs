@@ -1,0 +1,293 @@
+//! Stats snapshots: what each tier has done and is doing, as numbers and as
+//! a human table.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cancel::CancelReason;
+use crate::error::{fmt_duration, RejectReason};
+use crate::telemetry::{CounterSnapshot, Percentiles};
+
+/// Rejections by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectCounts {
+    /// Queue at capacity.
+    pub queue_full: u64,
+    /// Tier in-flight limit.
+    pub tier_limit: u64,
+    /// Per-user limit.
+    pub user_limit: u64,
+    /// Runtime shutting down.
+    pub shutting_down: u64,
+    /// Blocking submit ran out of time.
+    pub deadline_elapsed: u64,
+}
+
+impl RejectCounts {
+    /// All rejections.
+    pub fn total(&self) -> u64 {
+        self.queue_full
+            + self.tier_limit
+            + self.user_limit
+            + self.shutting_down
+            + self.deadline_elapsed
+    }
+}
+
+/// Cancellations by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CancelCounts {
+    /// By the caller.
+    pub caller: u64,
+    /// By the watchdog at the timeout.
+    pub timeout: u64,
+    /// Preempted by critical work.
+    pub preempted: u64,
+    /// By shutdown (running, or never started).
+    pub shutdown: u64,
+    /// Expired in the queue.
+    pub queue_expired: u64,
+    /// Over the memory budget.
+    pub memory: u64,
+}
+
+impl CancelCounts {
+    /// All cancellations (timeouts included).
+    pub fn total(&self) -> u64 {
+        self.caller
+            + self.timeout
+            + self.preempted
+            + self.shutdown
+            + self.queue_expired
+            + self.memory
+    }
+
+    /// The count for one reason.
+    pub fn get(&self, r: CancelReason) -> u64 {
+        match r {
+            CancelReason::Caller => self.caller,
+            CancelReason::Timeout => self.timeout,
+            CancelReason::Preempted => self.preempted,
+            CancelReason::Shutdown => self.shutdown,
+            CancelReason::QueueExpired => self.queue_expired,
+            CancelReason::Memory => self.memory,
+        }
+    }
+}
+
+/// One tier's numbers at one moment.
+///
+/// At every quiescent point (nothing queued or running),
+/// `submitted == outcomes()`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// Tier name.
+    pub name: &'static str,
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Submissions refused, by reason.
+    pub rejected: RejectCounts,
+    /// Returned `Ok`.
+    pub completed: u64,
+    /// Returned `Err`.
+    pub failed: u64,
+    /// Panicked.
+    pub panicked: u64,
+    /// Cancelled, by reason (timeouts are `cancelled.timeout`).
+    pub cancelled: CancelCounts,
+    /// Ran past `warn_after`.
+    pub warned: u64,
+    /// Declared zombies (ever).
+    pub zombies: u64,
+    /// Threads stuck in a zombie task now.
+    pub zombie_threads: usize,
+    /// Results that arrived after the outcome was settled (dropped).
+    pub late_results: u64,
+    /// Worker threads restarted after dying outside a task.
+    pub worker_restarts: u64,
+    /// Whether the restart intensity was exceeded (no more restarts).
+    pub restart_intensity_exceeded: bool,
+    /// Running tasks cancelled for critical work.
+    pub preemptions: u64,
+    /// Preempted tasks put back in the queue.
+    pub requeued: u64,
+    /// Queued now (not started).
+    pub queued: usize,
+    /// Running now (zombies excluded).
+    pub running: usize,
+    /// Queued + running, as admission counts them.
+    pub in_flight: usize,
+    /// Worker threads now (zombies excluded).
+    pub workers: usize,
+    /// Of which idle.
+    pub idle_workers: usize,
+    /// Threads started over the tier's life.
+    pub threads_started: u64,
+    /// Paused by the application.
+    pub paused: bool,
+    /// Paused by the memory watermark.
+    pub memory_paused: bool,
+    /// Last resident-memory sample, in bytes.
+    pub last_rss: Option<u64>,
+    /// Times the memory watermark paused the tier.
+    pub memory_pauses: u64,
+    /// Total time spent running tasks.
+    pub busy: Duration,
+    /// Time from submit to start.
+    pub queue_wait: Percentiles,
+    /// Time from start to return.
+    pub run_time: Percentiles,
+}
+
+impl TierStats {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        name: &'static str,
+        c: CounterSnapshot,
+        workers: usize,
+        zombie_threads: usize,
+        idle_workers: usize,
+        in_flight: usize,
+        paused: bool,
+        memory_paused: bool,
+        last_rss: Option<u64>,
+        memory_pauses: u64,
+        restart_intensity_exceeded: bool,
+        threads_started: u64,
+    ) -> Self {
+        let r = c.rejected;
+        let k = c.cancelled;
+        TierStats {
+            name,
+            submitted: c.submitted,
+            rejected: RejectCounts {
+                queue_full: r[RejectReason::QueueFull { capacity: 0 }.index()],
+                tier_limit: r[RejectReason::TierLimit { limit: 0 }.index()],
+                user_limit: r[RejectReason::UserLimit {
+                    user: String::new(),
+                    limit: 0,
+                }
+                .index()],
+                shutting_down: r[RejectReason::ShuttingDown.index()],
+                deadline_elapsed: r[RejectReason::DeadlineElapsed.index()],
+            },
+            completed: c.completed,
+            failed: c.failed,
+            panicked: c.panicked,
+            cancelled: CancelCounts {
+                caller: k[CancelReason::Caller.index()],
+                timeout: k[CancelReason::Timeout.index()],
+                preempted: k[CancelReason::Preempted.index()],
+                shutdown: k[CancelReason::Shutdown.index()],
+                queue_expired: k[CancelReason::QueueExpired.index()],
+                memory: k[CancelReason::Memory.index()],
+            },
+            warned: c.warned,
+            zombies: c.zombies,
+            zombie_threads,
+            late_results: c.late_results,
+            worker_restarts: c.worker_restarts,
+            restart_intensity_exceeded,
+            preemptions: c.preemptions,
+            requeued: c.restarts,
+            queued: c.queued,
+            running: c.running,
+            in_flight,
+            workers,
+            idle_workers,
+            threads_started,
+            paused,
+            memory_paused,
+            last_rss,
+            memory_pauses,
+            busy: c.busy,
+            queue_wait: c.queue_wait,
+            run_time: c.run_time,
+        }
+    }
+
+    /// Terminal outcomes so far: completed + failed + panicked + cancelled.
+    pub fn outcomes(&self) -> u64 {
+        self.completed + self.failed + self.panicked + self.cancelled.total()
+    }
+
+    /// Tasks that timed out.
+    pub fn timed_out(&self) -> u64 {
+        self.cancelled.timeout
+    }
+}
+
+/// A snapshot of every tier. `Display` prints a table.
+///
+/// ```
+/// use tierpool::{Priority, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// rt.ui().submit(Priority::Normal, |_| Ok::<_, String>(()))?.join().unwrap();
+/// let stats = rt.stats();
+/// assert_eq!(stats.tier("ui").unwrap().completed, 1);
+/// println!("{stats}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// One entry per tier, in the order ui, background, realtime.
+    pub tiers: Vec<TierStats>,
+    /// Deadlines the watchdog holds (live or awaiting compaction).
+    pub watchdog_pending: usize,
+}
+
+impl Stats {
+    /// The tier with this name.
+    pub fn tier(&self, name: &str) -> Option<&TierStats> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<11} {:>7} {:>6} {:>6} {:>9} {:>7} {:>6} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "tier", "workers", "queued", "run", "submitted", "done", "failed", "panics", "cancelled",
+            "timeouts", "reject", "zombie", "wait p50", "wait p99", "run p50", "run p99"
+        )?;
+        for t in &self.tiers {
+            let state = if t.paused {
+                "*"
+            } else if t.memory_paused {
+                "!"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "{:<11} {:>7} {:>6} {:>6} {:>9} {:>7} {:>6} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                format!("{}{state}", t.name),
+                t.workers,
+                t.queued,
+                t.running,
+                t.submitted,
+                t.completed,
+                t.failed,
+                t.panicked,
+                t.cancelled.total() - t.cancelled.timeout,
+                t.cancelled.timeout,
+                t.rejected.total(),
+                t.zombies,
+                fmt_duration(t.queue_wait.p50),
+                fmt_duration(t.queue_wait.p99),
+                fmt_duration(t.run_time.p50),
+                fmt_duration(t.run_time.p99),
+            )?;
+        }
+        if self.tiers.iter().any(|t| t.paused) {
+            writeln!(f, "* paused")?;
+        }
+        if self.tiers.iter().any(|t| t.memory_paused) {
+            writeln!(f, "! paused by the memory watermark")?;
+        }
+        Ok(())
+    }
+}

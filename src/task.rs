@@ -1,0 +1,573 @@
+//! A task: its shared core (state, token, outcome slot, permit), the
+//! context the closure sees, and the handle the submitter keeps.
+//!
+//! # The task lifecycle
+//!
+//! ```text
+//!            start (worker CAS)            return (worker swap)
+//!   QUEUED ─────────────────────► RUNNING ───────────────────► DONE
+//!     │  ▲                          │  past timeout + grace      ▲
+//!     │  └── restart (preempted,    ▼  (watchdog CAS)            │
+//!     │      restartable)          ZOMBIE ───────────────────────┘
+//!     │ cancel / queue budget / shutdown (CAS)
+//!     ▼
+//!   DISCARDED
+//! ```
+//!
+//! # Invariants
+//!
+//! 1. The state changes only by the compare-and-swaps drawn above, so a
+//!    queued task is either started by one worker or discarded by one
+//!    canceller, never both.
+//! 2. Every path that leaves `QUEUED` without running (discard, a dropped
+//!    job) settles the slot and returns the admission permit (the `Drop`
+//!    of [`Job`] is the last line of defence: no task vanishes unsettled).
+//! 3. The permit is returned when the work is really over: on discard, or
+//!    when the worker's thread comes back from the closure (so a zombie
+//!    keeps holding its user's share until it returns).
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::admission::Permit;
+use crate::cancel::{CancelReason, CancelToken, Cancelled};
+use crate::clock::Clock;
+use crate::error::TaskError;
+use crate::pool::PoolShared;
+use crate::priority::Priority;
+use crate::slot::{Settle, Slot, TaskResult};
+use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, Weak};
+use crate::telemetry::TierCounters;
+
+/// A task's id, unique within the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(u64);
+
+impl TaskId {
+    pub(crate) fn next() -> TaskId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TaskId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number behind the id.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where a task is in its life, or how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    /// Waiting in its tier's queue.
+    Queued,
+    /// Running on a worker thread.
+    Running,
+    /// Returned `Ok`.
+    Completed,
+    /// Returned `Err`.
+    Failed,
+    /// Panicked.
+    Panicked,
+    /// Cancelled, with the reason (a timeout is `Cancelled(Timeout)`).
+    Cancelled(CancelReason),
+}
+
+impl TaskStatus {
+    /// Whether this is an outcome (the task will not run any more).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+    }
+}
+
+pub(crate) const QUEUED: u8 = 0;
+pub(crate) const RUNNING: u8 = 1;
+pub(crate) const ZOMBIE: u8 = 2;
+pub(crate) const DONE: u8 = 3;
+pub(crate) const DISCARDED: u8 = 4;
+
+/// Per-task options resolved against the tier's defaults at submit.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskOptions {
+    pub(crate) priority: Priority,
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) warn_after: Option<Duration>,
+    pub(crate) queue_budget: Option<Duration>,
+    pub(crate) preemptible: bool,
+    pub(crate) restartable: bool,
+}
+
+/// The type-erased, shared part of a task.
+pub(crate) struct TaskCore {
+    pub(crate) id: TaskId,
+    pub(crate) opts: TaskOptions,
+    pub(crate) tier: &'static str,
+    pub(crate) submitted_at: Instant,
+    state: AtomicU8,
+    /// Bumped on every (re)start so the watchdog can tell a stale entry.
+    attempt: AtomicU32,
+    token: Mutex<CancelToken>,
+    pub(crate) slot: Arc<dyn Settle>,
+    permit: Mutex<Option<Permit>>,
+    pub(crate) counters: Arc<TierCounters>,
+    pub(crate) pool: Weak<PoolShared>,
+}
+
+impl TaskCore {
+    pub(crate) fn new(
+        opts: TaskOptions,
+        tier: &'static str,
+        submitted_at: Instant,
+        slot: Arc<dyn Settle>,
+        permit: Permit,
+        counters: Arc<TierCounters>,
+        pool: Weak<PoolShared>,
+    ) -> Self {
+        TaskCore {
+            id: TaskId::next(),
+            opts,
+            tier,
+            submitted_at,
+            state: AtomicU8::new(QUEUED),
+            attempt: AtomicU32::new(0),
+            token: Mutex::new(CancelToken::new()),
+            slot,
+            permit: Mutex::new(Some(permit)),
+            counters,
+            pool,
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// QUEUED → RUNNING; returns the attempt number and its token.
+    pub(crate) fn start(&self) -> Option<(u32, CancelToken)> {
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let attempt = self.attempt.fetch_add(1, Ordering::AcqRel) + 1;
+        Some((attempt, self.token.lock().clone()))
+    }
+
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Acquire)
+    }
+
+    /// RUNNING → ZOMBIE if still running that attempt.
+    pub(crate) fn mark_zombie(&self, attempt: u32) -> bool {
+        self.attempt() == attempt
+            && self
+                .state
+                .compare_exchange(RUNNING, ZOMBIE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// The worker is back from the closure: RUNNING|ZOMBIE → DONE; returns
+    /// the state it left.
+    pub(crate) fn finish(&self) -> u8 {
+        self.state.swap(DONE, Ordering::AcqRel)
+    }
+
+    /// Puts a preempted restartable task back to QUEUED with a fresh token.
+    /// Fails (and the caller settles it) if it was cancelled meanwhile.
+    pub(crate) fn requeue(&self) -> bool {
+        let mut token = self.token.lock();
+        if self.slot.outcome().is_some() {
+            return false;
+        }
+        *token = CancelToken::new();
+        self.state.store(QUEUED, Ordering::Release);
+        true
+    }
+
+    pub(crate) fn current_token(&self) -> CancelToken {
+        self.token.lock().clone()
+    }
+
+    /// QUEUED → DISCARDED, settling as cancelled (invariant 2). `true` if
+    /// this call discarded it.
+    pub(crate) fn discard(&self, reason: CancelReason) -> bool {
+        if self
+            .state
+            .compare_exchange(QUEUED, DISCARDED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.counters.dequeued();
+        self.settle_cancelled(reason);
+        self.release_permit();
+        true
+    }
+
+    /// Settles the slot as cancelled and records it if this call won.
+    pub(crate) fn settle_cancelled(&self, reason: CancelReason) -> bool {
+        self.slot.settle_cancelled(reason, &self.counters)
+    }
+
+    /// Cancels wherever the task is. A queued task is discarded now; a
+    /// running one has its token cancelled and its slot settled, unless it
+    /// is a restartable task being preempted (it will run again).
+    pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) -> bool {
+        let pool = self.pool.upgrade();
+        if self.discard(reason) {
+            if let Some(pool) = &pool {
+                pool.admission.notify_room();
+            }
+            return true;
+        }
+        if self.state() == DONE || self.state() == DISCARDED {
+            return false;
+        }
+        let attempt = self.attempt();
+        let newly = self.current_token().cancel(reason);
+        if newly {
+            // It must now return within the tier's grace, or be a zombie.
+            if let Some(pool) = &pool {
+                pool.watch_cancelled(self, attempt);
+            }
+        }
+        if reason == CancelReason::Preempted && self.opts.restartable {
+            return newly;
+        }
+        self.settle_cancelled(reason)
+    }
+
+    pub(crate) fn release_permit(&self) {
+        let permit = self.permit.lock().take();
+        drop(permit);
+    }
+
+    pub(crate) fn status(&self) -> TaskStatus {
+        if let Some(s) = self.slot.outcome() {
+            return s;
+        }
+        match self.state() {
+            QUEUED => TaskStatus::Queued,
+            _ => TaskStatus::Running,
+        }
+    }
+}
+
+/// How one run of a task's closure ended, as the worker sees it.
+pub(crate) enum RunEnd {
+    /// The task settled its slot (and the slot recorded the outcome).
+    Settled,
+    /// Someone else settled first (timeout, cancel): the result was dropped.
+    Late,
+    /// Preempted and restartable: run it again.
+    Restart,
+}
+
+pub(crate) type Body = Box<dyn FnMut(&TaskContext) -> RunEnd + Send>;
+
+/// What travels through a tier's queue.
+pub(crate) enum Work {
+    Task(Job),
+    /// Fault injection: makes the worker that takes it panic outside any
+    /// task (tests of supervision).
+    Poison,
+}
+
+pub(crate) struct Job {
+    pub(crate) core: Arc<TaskCore>,
+    pub(crate) body: Body,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // Invariant 2: a job that leaves the system without having run
+        // (a queue dropped at shutdown, a failed re-queue) still settles.
+        self.core.discard(CancelReason::Shutdown);
+    }
+}
+
+/// Builds the erased body for a run-once closure.
+pub(crate) fn once_body<T, E, F>(f: F, slot: Arc<Slot<T, E>>) -> Body
+where
+    F: FnOnce(&TaskContext) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let mut f = Some(f);
+    Box::new(move |ctx| match f.take() {
+        Some(f) => finish_run(&slot, catch_unwind(AssertUnwindSafe(|| f(ctx))), ctx),
+        None => RunEnd::Late,
+    })
+}
+
+/// Builds the erased body for a closure that may run again after
+/// preemption.
+pub(crate) fn restartable_body<T, E, F>(mut f: F, slot: Arc<Slot<T, E>>) -> Body
+where
+    F: FnMut(&TaskContext) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    Box::new(move |ctx| {
+        let r = catch_unwind(AssertUnwindSafe(|| f(ctx)));
+        let preempted = ctx.cancel_reason() == Some(CancelReason::Preempted);
+        if preempted && !matches!(r, Ok(Ok(_))) {
+            return RunEnd::Restart;
+        }
+        finish_run(&slot, r, ctx)
+    })
+}
+
+fn finish_run<T, E>(
+    slot: &Slot<T, E>,
+    r: std::thread::Result<Result<T, E>>,
+    ctx: &TaskContext,
+) -> RunEnd {
+    let result: TaskResult<T, E> = match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(TaskError::Failed(e)),
+        Err(payload) => {
+            let msg = panic_message(&payload);
+            log::warn!(target: "tierpool::task", "task {} on {} panicked: {msg}", ctx.id(), ctx.tier());
+            Err(TaskError::Panicked(msg))
+        }
+    };
+    match slot.settle(result, &ctx.core.counters) {
+        Ok(_) => RunEnd::Settled,
+        Err(late) => {
+            drop(late);
+            RunEnd::Late
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+/// What a running task can know about itself, and its cancellation
+/// token.
+///
+/// ```
+/// use tierpool::{Priority, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let h = rt.ui().task(|ctx| {
+///     for chunk in 0..10 {
+///         ctx.checkpoint()?; // stop early once cancelled or timed out
+///         let _ = chunk;
+///     }
+///     Ok::<_, tierpool::Cancelled>(ctx.user().unwrap_or("anonymous").to_string())
+/// })
+/// .user("user-17")
+/// .submit()?;
+/// assert_eq!(h.join().unwrap(), "user-17");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TaskContext {
+    core: Arc<TaskCore>,
+    token: CancelToken,
+    deadline: Option<Instant>,
+    clock: Clock,
+    attempt: u32,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        core: Arc<TaskCore>,
+        token: CancelToken,
+        deadline: Option<Instant>,
+        clock: Clock,
+        attempt: u32,
+    ) -> Self {
+        TaskContext {
+            core,
+            token,
+            deadline,
+            clock,
+            attempt,
+        }
+    }
+
+    /// This task's id.
+    pub fn id(&self) -> TaskId {
+        self.core.id
+    }
+
+    /// The user key it was submitted with, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.core.opts.user.as_deref()
+    }
+
+    /// Its priority.
+    pub fn priority(&self) -> Priority {
+        self.core.opts.priority
+    }
+
+    /// The tier it runs on (`"ui"`, `"background"`, `"realtime"`).
+    pub fn tier(&self) -> &'static str {
+        self.core.tier
+    }
+
+    /// Which run this is: 1, or more after a restart from preemption.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the task has been asked to stop.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why it was asked to stop, if it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.token.reason()
+    }
+
+    /// `Err(Cancelled)` once the task has been asked to stop: call it
+    /// between steps and return with `?`.
+    #[inline]
+    pub fn checkpoint(&self) -> Result<(), Cancelled> {
+        match self.token.reason() {
+            None => Ok(()),
+            Some(r) => Err(Cancelled::new(r)),
+        }
+    }
+
+    /// When the task will be timed out, if it has a timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the timeout (zero once past it).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(self.clock.now()))
+    }
+
+    /// The runtime's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Sleeps for `d` on the runtime's clock, waking early (with `Err`) if
+    /// the task is cancelled. Use it instead of `thread::sleep` in tasks.
+    pub fn sleep(&self, d: Duration) -> Result<(), Cancelled> {
+        let until = self.clock.deadline_after(d);
+        self.token.wait_until(&self.clock, until)
+    }
+
+    /// Sleeps until `at` on the runtime's clock, waking early (with `Err`)
+    /// if the task is cancelled.
+    pub fn sleep_until(&self, at: Instant) -> Result<(), Cancelled> {
+        self.token.wait_until(&self.clock, Some(at))
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id())
+            .field("tier", &self.tier())
+            .field("priority", &self.priority())
+            .field("user", &self.user())
+            .field("cancelled", &self.cancel_reason())
+            .finish()
+    }
+}
+
+/// The submitter's handle on a task: wait for its outcome, cancel it, ask
+/// where it is. Dropping the handle detaches the task (it still runs).
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::{Priority, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let h = rt.background().submit(Priority::Low, |_| Ok::<_, String>(2 + 2))?;
+/// let h = match h.join_timeout(Duration::from_secs(5)) {
+///     Ok(outcome) => { assert_eq!(outcome.unwrap(), 4); return Ok(()); }
+///     Err(still_running) => still_running,
+/// };
+/// h.cancel();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TaskHandle<T, E> {
+    core: Arc<TaskCore>,
+    slot: Arc<Slot<T, E>>,
+    clock: Clock,
+}
+
+impl<T, E> TaskHandle<T, E> {
+    pub(crate) fn new(core: Arc<TaskCore>, slot: Arc<Slot<T, E>>, clock: Clock) -> Self {
+        TaskHandle { core, slot, clock }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.core.id
+    }
+
+    /// Waits for the outcome. With a timeout set, this returns by the
+    /// task's deadline (plus the watchdog's reaction time) even if the task
+    /// ignores cancellation.
+    pub fn join(self) -> TaskResult<T, E> {
+        self.slot.take_wait()
+    }
+
+    /// Waits up to `d` (on the runtime's clock) for the outcome; hands the
+    /// handle back if it is not there yet.
+    pub fn join_timeout(self, d: Duration) -> Result<TaskResult<T, E>, Self> {
+        let deadline = self.clock.deadline_after(d);
+        match self.slot.take_until(&self.clock, deadline) {
+            Some(r) => Ok(r),
+            None => Err(self),
+        }
+    }
+
+    /// The outcome if it is already there, without waiting; otherwise the
+    /// handle back.
+    pub fn try_result(self) -> Result<TaskResult<T, E>, Self> {
+        let now = self.clock.now();
+        match self.slot.take_until(&self.clock, Some(now)) {
+            Some(r) => Ok(r),
+            None => Err(self),
+        }
+    }
+
+    /// Whether the outcome is there.
+    pub fn is_finished(&self) -> bool {
+        self.core.slot.outcome().is_some()
+    }
+
+    /// Cancels the task: a queued task never starts; a running one sees
+    /// its token cancelled, and the handle resolves as cancelled at once
+    /// (a late result is dropped). `true` if this call cancelled it.
+    pub fn cancel(&self) -> bool {
+        self.core.cancel(CancelReason::Caller)
+    }
+
+    /// Where the task is now, or how it ended.
+    pub fn status(&self) -> TaskStatus {
+        self.core.status()
+    }
+}
+
+impl<T, E> fmt::Debug for TaskHandle<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id())
+            .field("status", &self.status())
+            .finish()
+    }
+}

@@ -1,0 +1,202 @@
+//! Counters and latency histograms each tier keeps, and the events it logs.
+//!
+//! Counters are plain atomics bumped by whoever settles a task (see
+//! `slot.rs`: exactly one party does), so at every quiescent point
+//! `submitted == completed + failed + panicked + cancelled`.
+
+mod histogram;
+
+pub(crate) use histogram::Histogram;
+pub use histogram::Percentiles;
+
+use std::time::Duration;
+
+use crate::cancel::CancelReason;
+use crate::error::RejectReason;
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::task::TaskStatus;
+
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A tier's live counters.
+pub(crate) struct TierCounters {
+    submitted: Counter,
+    rejected: [Counter; RejectReason::COUNT],
+    completed: Counter,
+    failed: Counter,
+    panicked: Counter,
+    cancelled: [Counter; 6],
+    warned: Counter,
+    zombies: Counter,
+    late_results: Counter,
+    worker_restarts: Counter,
+    preemptions: Counter,
+    restarts: Counter,
+    busy_nanos: Counter,
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) run_time: Histogram,
+}
+
+impl TierCounters {
+    pub(crate) fn new() -> Self {
+        TierCounters {
+            submitted: Counter::default(),
+            rejected: Default::default(),
+            completed: Counter::default(),
+            failed: Counter::default(),
+            panicked: Counter::default(),
+            cancelled: Default::default(),
+            warned: Counter::default(),
+            zombies: Counter::default(),
+            late_results: Counter::default(),
+            worker_restarts: Counter::default(),
+            preemptions: Counter::default(),
+            restarts: Counter::default(),
+            busy_nanos: Counter::default(),
+            queued: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            queue_wait: Histogram::new(),
+            run_time: Histogram::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn submitted(&self) {
+        self.submitted.add(1);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn rejected(&self, r: &RejectReason) {
+        self.rejected[r.index()].add(1);
+    }
+
+    /// A task left the queue without starting (discarded).
+    pub(crate) fn dequeued(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    #[inline]
+    pub(crate) fn started(&self, waited: Duration) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        self.queue_wait.record(waited);
+    }
+
+    /// The worker is back from a run (or the run was declared a zombie).
+    #[inline]
+    pub(crate) fn stopped_running(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A preempted restartable task went back into the queue.
+    pub(crate) fn requeued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.restarts.add(1);
+    }
+
+    #[inline]
+    pub(crate) fn ran(&self, d: Duration) {
+        self.run_time.record(d);
+        self.busy_nanos
+            .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Records a terminal outcome (called only by the slot's winner).
+    #[inline]
+    pub(crate) fn record(&self, s: TaskStatus) {
+        match s {
+            TaskStatus::Completed => self.completed.add(1),
+            TaskStatus::Failed => self.failed.add(1),
+            TaskStatus::Panicked => self.panicked.add(1),
+            TaskStatus::Cancelled(r) => self.cancelled[r.index()].add(1),
+            TaskStatus::Queued | TaskStatus::Running => {}
+        }
+    }
+
+    pub(crate) fn warned(&self) {
+        self.warned.add(1);
+    }
+    pub(crate) fn zombie(&self) {
+        self.zombies.add(1);
+    }
+    pub(crate) fn late_result(&self) {
+        self.late_results.add(1);
+    }
+    pub(crate) fn worker_restarted(&self) {
+        self.worker_restarts.add(1);
+    }
+    pub(crate) fn preempted(&self) {
+        self.preemptions.add(1);
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn snapshot(&self) -> CounterSnapshot {
+        let mut cancelled = [0; 6];
+        for r in CancelReason::ALL {
+            cancelled[r.index()] = self.cancelled[r.index()].get();
+        }
+        let mut rejected = [0; RejectReason::COUNT];
+        for (i, c) in self.rejected.iter().enumerate() {
+            rejected[i] = c.get();
+        }
+        CounterSnapshot {
+            submitted: self.submitted.get(),
+            rejected,
+            completed: self.completed.get(),
+            failed: self.failed.get(),
+            panicked: self.panicked.get(),
+            cancelled,
+            warned: self.warned.get(),
+            zombies: self.zombies.get(),
+            late_results: self.late_results.get(),
+            worker_restarts: self.worker_restarts.get(),
+            preemptions: self.preemptions.get(),
+            restarts: self.restarts.get(),
+            busy: Duration::from_nanos(self.busy_nanos.get()),
+            queued: self.queued(),
+            running: self.running(),
+            queue_wait: self.queue_wait.percentiles(),
+            run_time: self.run_time.percentiles(),
+        }
+    }
+}
+
+/// Raw counter values, turned into [`TierStats`](crate::TierStats) by the pool.
+pub(crate) struct CounterSnapshot {
+    pub(crate) submitted: u64,
+    pub(crate) rejected: [u64; RejectReason::COUNT],
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) panicked: u64,
+    pub(crate) cancelled: [u64; 6],
+    pub(crate) warned: u64,
+    pub(crate) zombies: u64,
+    pub(crate) late_results: u64,
+    pub(crate) worker_restarts: u64,
+    pub(crate) preemptions: u64,
+    pub(crate) restarts: u64,
+    pub(crate) busy: Duration,
+    pub(crate) queued: usize,
+    pub(crate) running: usize,
+    pub(crate) queue_wait: Percentiles,
+    pub(crate) run_time: Percentiles,
+}
