@@ -2,6 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod resilience;
 mod sync;
 
 pub use clock::{Clock, ManualClock};
+pub use resilience::{
+    Jitter, ResilienceConfigError, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng,
+};
