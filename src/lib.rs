@@ -7,5 +7,6 @@ mod sync;
 
 pub use clock::{Clock, ManualClock};
 pub use resilience::{
-    Jitter, ResilienceConfigError, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng,
+    AcquireError, Jitter, RateLimiter, RateLimiterBuilder, RateLimiterStats, ResilienceConfigError,
+    RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
 };

@@ -14,9 +14,13 @@
 //!   count-based window.
 
 mod error;
+mod rate_limit;
 mod retry;
 mod rng;
 
 pub use error::ResilienceConfigError;
+pub use rate_limit::{
+    AcquireError, RateLimiter, RateLimiterBuilder, RateLimiterStats, TryAcquireError,
+};
 pub use retry::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use rng::SeedRng;
