@@ -7,6 +7,8 @@ mod sync;
 
 pub use clock::{Clock, ManualClock};
 pub use resilience::{
-    AcquireError, Jitter, RateLimiter, RateLimiterBuilder, RateLimiterStats, ResilienceConfigError,
-    RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
+    AcquireError, BreakerError, BreakerOpen, BreakerState, BreakerStats, BreakerTransition,
+    CircuitBreaker, CircuitBreakerBuilder, Jitter, Permit, RateLimiter, RateLimiterBuilder,
+    RateLimiterStats, ResilienceConfigError, RetryDecision, RetryPolicy, RetryPolicyBuilder,
+    SeedRng, TryAcquireError,
 };

@@ -13,11 +13,16 @@
 //! - [`breaker`]: [`CircuitBreaker`], closed / open / half-open over a
 //!   count-based window.
 
+mod breaker;
 mod error;
 mod rate_limit;
 mod retry;
 mod rng;
 
+pub use breaker::{
+    BreakerError, BreakerOpen, BreakerState, BreakerStats, BreakerTransition, CircuitBreaker,
+    CircuitBreakerBuilder, Permit,
+};
 pub use error::ResilienceConfigError;
 pub use rate_limit::{
     AcquireError, RateLimiter, RateLimiterBuilder, RateLimiterStats, TryAcquireError,
