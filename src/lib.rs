@@ -46,6 +46,7 @@ mod memory;
 mod pool;
 mod priority;
 mod queue;
+mod resilience;
 mod runtime;
 mod slot;
 mod stats;
@@ -61,6 +62,11 @@ pub use error::{BuildError, ConfigError, RejectReason, SubmitError, TaskError};
 pub use memory::{process_rss, MemoryProbe};
 pub use pool::config::{TierConfig, Watermark, MAX_QUEUE_CAPACITY, MAX_WORKERS_LIMIT};
 pub use priority::{ParsePriorityError, Priority};
+pub use resilience::{
+    AcquireError, BreakerError, BreakerOpen, BreakerState, BreakerStats, BreakerTransition,
+    CallPermit, CircuitBreaker, CircuitBreakerBuilder, Jitter, RateLimiter, RateLimiterBuilder,
+    RateLimiterStats, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
+};
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown};
 pub use slot::TaskResult;
 pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
