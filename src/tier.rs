@@ -29,6 +29,11 @@ use crate::task::{once_body, restartable_body, Body, TaskContext, TaskHandle, Ta
 /// assert_eq!(h.join().unwrap(), 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A `Tier` is a cheap handle: clone it to submit from other threads
+/// without borrowing the runtime. After the runtime shuts down, a clone
+/// rejects submissions with [`RejectReason::ShuttingDown`].
+#[derive(Clone)]
 pub struct Tier {
     pub(crate) pool: Arc<PoolShared>,
 }
