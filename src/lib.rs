@@ -73,3 +73,8 @@ pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
 pub use telemetry::Percentiles;
 pub use tier::{Once, Restartable, TaskBuilder, Tier};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

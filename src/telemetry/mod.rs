@@ -4,6 +4,7 @@
 //! `slot.rs`: exactly one party does), so at every quiescent point
 //! `submitted == completed + failed + panicked + cancelled`.
 
+mod export;
 mod histogram;
 
 pub(crate) use histogram::Histogram;

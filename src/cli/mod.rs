@@ -1,0 +1,203 @@
+//! Argument parsing and dispatch for the `tierpool` binary.
+
+mod demo;
+
+use std::time::Duration;
+
+const HELP: &str = "\
+tierpool — structured background work for synchronous Rust
+
+USAGE:
+    tierpool demo [OPTIONS]
+    tierpool help
+
+demo
+    Simulates the application tierpool was designed from (EVE DMV): many
+    users issue character lookups on the ui tier (some slow, some failing),
+    bursts of killmail events arrive on the realtime tier, heavy analyses run
+    on the background tier (a few run past their timeout, one ignores
+    cancellation and becomes a zombie). A dashboard line per tier is printed
+    every second; at the end (or on Ctrl-C) the runtime shuts down
+    gracefully and prints its stats and drain report.
+
+OPTIONS:
+    -d, --duration <TIME>   how long to run: 10s, 1500ms, 2m   [default: 8s]
+    -u, --users <N>         simulated ui users                 [default: 40]
+    -l, --load <FACTOR>     scales every arrival rate (0.1-20) [default: 1.0]
+    -f, --format <FORMAT>   final stats: table | json          [default: table]
+    -q, --quiet             no live dashboard
+    -h, --help              this text
+
+Logs go to stderr through env_logger: RUST_LOG=tierpool=info shows
+warnings, timeouts and zombies as they happen.
+";
+
+/// Options of `tierpool demo`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DemoOptions {
+    pub(crate) duration: Duration,
+    pub(crate) users: usize,
+    pub(crate) load: f64,
+    pub(crate) format: Format,
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Table,
+    Json,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            duration: Duration::from_secs(8),
+            users: 40,
+            load: 1.0,
+            format: Format::Table,
+            quiet: false,
+        }
+    }
+}
+
+pub(crate) fn main(args: Vec<String>) -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    match parse(&args) {
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            0
+        }
+        Ok(Command::Demo(opts)) => demo::run(&opts),
+        Err(msg) => {
+            eprintln!("error: {msg}\n\nRun `tierpool --help` for usage.");
+            2
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Help,
+    Demo(DemoOptions),
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => return Ok(Command::Help),
+        Some("demo") => {}
+        Some(other) => return Err(format!("unknown command {other:?} (expected `demo`)")),
+    }
+    let mut o = DemoOptions::default();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-q" | "--quiet" => o.quiet = true,
+            "-d" | "--duration" => o.duration = parse_duration(&value(flag)?)?,
+            "-u" | "--users" => {
+                let v = value(flag)?;
+                o.users = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| {
+                        format!("--users {v:?}: expected a whole number from 1 to 10000")
+                    })?;
+            }
+            "-l" | "--load" => {
+                let v = value(flag)?;
+                o.load = v
+                    .parse()
+                    .ok()
+                    .filter(|x: &f64| (0.1..=20.0).contains(x))
+                    .ok_or_else(|| format!("--load {v:?}: expected a number from 0.1 to 20"))?;
+            }
+            "-f" | "--format" => {
+                let v = value(flag)?;
+                o.format = match v.as_str() {
+                    "table" => Format::Table,
+                    "json" => Format::Json,
+                    _ => return Err(format!("--format {v:?}: expected table or json")),
+                };
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(Command::Demo(o))
+}
+
+/// `10s`, `1500ms`, `2m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("duration {s:?}: expected e.g. 10s, 1500ms or 2m (at most 1h)");
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    if !(0.0..=3600.0).contains(&secs) || secs == 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_demo_flags() {
+        let Ok(Command::Demo(o)) =
+            parse(&args("demo --duration 2s -u 5 --load 2.5 --format json -q"))
+        else {
+            panic!("did not parse");
+        };
+        assert_eq!(o.duration, Duration::from_secs(2));
+        assert_eq!(
+            (o.users, o.load, o.format, o.quiet),
+            (5, 2.5, Format::Json, true)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_message() {
+        for bad in [
+            "demo --duration 0s",
+            "demo --duration x",
+            "demo -u 0",
+            "demo --load 99",
+            "demo --bogus",
+            "frobnicate",
+            "demo -f xml",
+            "demo -d",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+    }
+}
