@@ -248,7 +248,7 @@ impl<F> std::error::Error for SubmitError<F> {}
 /// let e: TaskError<std::io::Error> = TaskError::Cancelled(CancelReason::Timeout);
 /// assert!(e.is_timeout() && e.is_cancelled() && !e.is_failed());
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskError<E> {
     /// The task returned `Err(e)`.
     Failed(E),

@@ -39,6 +39,7 @@
 #![warn(unreachable_pub)]
 
 mod admission;
+mod analysis;
 mod cancel;
 mod clock;
 mod error;
@@ -56,6 +57,10 @@ mod telemetry;
 mod tier;
 mod watchdog;
 
+pub use analysis::{
+    Analysis, AnalysisHandle, AnalysisRequest, AnalysisStats, BatchBuilder, BatchHandle, KindStats,
+    Source,
+};
 pub use cancel::{CancelReason, Cancelled};
 pub use clock::{Clock, ManualClock};
 pub use error::{BuildError, ConfigError, RejectReason, SubmitError, TaskError};

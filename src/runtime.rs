@@ -19,11 +19,14 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::analysis::{Analysis, AnalysisConfig};
 use crate::clock::Clock;
-use crate::error::BuildError;
+use crate::error::{BuildError, ConfigError};
 use crate::memory::{process_rss, MemoryProbe};
 use crate::pool::config::TierConfig;
+use crate::pool::config::MAX_WORKERS_LIMIT;
 use crate::pool::{PoolShared, StopOutcome};
+use crate::resilience::RetryPolicy;
 use crate::stats::Stats;
 use crate::sync::{Arc, Mutex};
 use crate::task::TaskId;
@@ -53,6 +56,8 @@ pub struct RuntimeBuilder {
     ui: TierConfig,
     background: TierConfig,
     realtime: TierConfig,
+    analysis_tier: TierConfig,
+    analysis: AnalysisConfig,
     clock: Clock,
     probe: Option<MemoryProbe>,
     drop_grace: Duration,
@@ -64,6 +69,8 @@ impl RuntimeBuilder {
             ui: TierConfig::ui(),
             background: TierConfig::background(),
             realtime: TierConfig::realtime(),
+            analysis_tier: TierConfig::analysis(),
+            analysis: AnalysisConfig::default(),
             clock: Clock::system(),
             probe: None,
             drop_grace: Duration::from_secs(5),
@@ -85,6 +92,32 @@ impl RuntimeBuilder {
     /// Adjusts the realtime tier.
     pub fn realtime(mut self, f: impl FnOnce(TierConfig) -> TierConfig) -> Self {
         self.realtime = f(self.realtime);
+        self
+    }
+
+    /// Adjusts the analysis pool's tier (workers 1–8, 100 queued).
+    pub fn analysis(mut self, f: impl FnOnce(TierConfig) -> TierConfig) -> Self {
+        self.analysis_tier = f(self.analysis_tier);
+        self
+    }
+
+    /// The analysis result cache: at most `capacity` entries, each fresh for
+    /// `ttl` by default (`None`: until evicted or invalidated).
+    pub fn analysis_cache(mut self, capacity: usize, ttl: Option<Duration>) -> Self {
+        self.analysis.cache_capacity = capacity;
+        self.analysis.default_ttl = ttl;
+        self
+    }
+
+    /// The default retry policy of analysis requests.
+    pub fn analysis_retry(mut self, policy: RetryPolicy) -> Self {
+        self.analysis.retry = policy;
+        self
+    }
+
+    /// Threads of the CPU pool for batches (default: the number of cores).
+    pub fn cpu_threads(mut self, n: usize) -> Self {
+        self.analysis.cpu_threads = n;
         self
     }
 
@@ -111,16 +144,46 @@ impl RuntimeBuilder {
     /// Validates everything and starts the threads. The error names the
     /// first bad field.
     pub fn build(self) -> Result<Runtime, BuildError> {
-        for cfg in [&self.ui, &self.background, &self.realtime] {
+        for cfg in [
+            &self.ui,
+            &self.background,
+            &self.realtime,
+            &self.analysis_tier,
+        ] {
             cfg.validate()?;
+        }
+        if self.analysis.cpu_threads == 0 || self.analysis.cpu_threads > MAX_WORKERS_LIMIT {
+            return Err(ConfigError::new(
+                "cpu_threads",
+                format!(
+                    "{} is not between 1 and {MAX_WORKERS_LIMIT}",
+                    self.analysis.cpu_threads
+                ),
+            )
+            .into());
+        }
+        if self.analysis.cache_capacity == 0 {
+            return Err(ConfigError::new(
+                "analysis_cache.capacity",
+                "must be at least 1 (use no_cache() on requests to skip caching)",
+            )
+            .into());
         }
         let watchdog = Arc::new(Watchdog::start(self.clock.clone()).map_err(BuildError::Spawn)?);
         let probe = self.probe.unwrap_or_else(|| Arc::new(process_rss));
-        let tiers = [self.ui, self.background, self.realtime].map(|cfg| Tier {
+        let tiers = [self.ui, self.background, self.realtime, self.analysis_tier].map(|cfg| Tier {
             pool: PoolShared::new(cfg, self.clock.clone(), watchdog.clone(), probe.clone()),
         });
+        let analysis = match Analysis::new(tiers[3].clone(), self.analysis, self.clock.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                watchdog.stop();
+                return Err(BuildError::Spawn(e));
+            }
+        };
         let rt = Runtime {
             tiers,
+            analysis,
             watchdog,
             clock: self.clock,
             drop_grace: self.drop_grace,
@@ -165,7 +228,9 @@ impl RuntimeBuilder {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Runtime {
-    tiers: [Tier; 3],
+    /// ui, background, realtime, analysis.
+    tiers: [Tier; 4],
+    analysis: Analysis,
     watchdog: Arc<Watchdog>,
     clock: Clock,
     drop_grace: Duration,
@@ -192,6 +257,12 @@ impl Runtime {
     /// preemption.
     pub fn realtime(&self) -> &Tier {
         &self.tiers[2]
+    }
+
+    /// The analysis pool: cached, de-duplicated, retried analyses on a
+    /// demand-scaled tier, and CPU batches on a dedicated rayon pool.
+    pub fn analysis(&self) -> &Analysis {
+        &self.analysis
     }
 
     /// A tier by name.
@@ -267,6 +338,7 @@ impl Runtime {
             t.pool.finish_threads(deadline, out);
         }
         self.watchdog.stop();
+        self.analysis.shutdown();
         let mut report = ShutdownReport {
             drained_in_time: drained,
             took: started.elapsed(),

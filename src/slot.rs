@@ -110,6 +110,29 @@ impl<T, E> Slot<T, E> {
         }
     }
 
+    /// Waits until settled (or `deadline`) and returns a clone of the
+    /// outcome, leaving it for other handles sharing the computation.
+    pub(crate) fn clone_until(
+        &self,
+        clock: &Clock,
+        deadline: Option<Instant>,
+    ) -> Option<TaskResult<T, E>>
+    where
+        T: Clone,
+        E: Clone,
+    {
+        let mut st = self.state.lock();
+        loop {
+            if let SlotState::Ready(r) = &*st {
+                return Some(r.clone());
+            }
+            if deadline.is_some_and(|d| clock.now() >= d) {
+                return None;
+            }
+            st = self.cv.wait_budget(st, clock.wait_budget(deadline));
+        }
+    }
+
     fn take_ready(st: &mut SlotState<T, E>) -> Option<TaskResult<T, E>> {
         if !matches!(st, SlotState::Ready(_)) {
             return None;

@@ -112,6 +112,14 @@ pub struct TierStats {
     pub preemptions: u64,
     /// Preempted tasks put back in the queue.
     pub requeued: u64,
+    /// Failed runs scheduled to run again after a backoff.
+    pub retries: u64,
+    /// Workers started because queued work outnumbered idle workers.
+    pub scale_ups: u64,
+    /// Workers retired after the keep-alive.
+    pub scale_downs: u64,
+    /// The configured worker range (min, max).
+    pub workers_range: (usize, usize),
     /// Queued now (not started).
     pub queued: usize,
     /// Running now (zombies excluded).
@@ -155,6 +163,7 @@ impl TierStats {
         memory_pauses: u64,
         restart_intensity_exceeded: bool,
         threads_started: u64,
+        workers_range: (usize, usize),
     ) -> Self {
         let r = c.rejected;
         let k = c.cancelled;
@@ -191,6 +200,10 @@ impl TierStats {
             restart_intensity_exceeded,
             preemptions: c.preemptions,
             requeued: c.restarts,
+            retries: c.retries,
+            scale_ups: c.scale_ups,
+            scale_downs: c.scale_downs,
+            workers_range,
             queued: c.queued,
             running: c.running,
             in_flight,

@@ -266,6 +266,9 @@ pub(crate) enum RunEnd {
     Late,
     /// Preempted and restartable: run it again.
     Restart,
+    /// Failed and worth another attempt after this backoff; the worker is
+    /// freed meanwhile (the watchdog's timer puts the job back).
+    RetryAfter(Duration),
 }
 
 pub(crate) type Body = Box<dyn FnMut(&TaskContext) -> RunEnd + Send>;
@@ -456,6 +459,23 @@ impl TaskContext {
             .map(|d| d.saturating_duration_since(self.clock.now()))
     }
 
+    /// When the task was submitted (on the runtime's clock).
+    pub fn submitted_at(&self) -> Instant {
+        self.core.submitted_at
+    }
+
+    pub(crate) fn core(&self) -> &TaskCore {
+        &self.core
+    }
+
+    /// Whether a retry could still be queued (the runtime is not stopping).
+    pub(crate) fn can_retry(&self) -> bool {
+        self.core
+            .pool
+            .upgrade()
+            .is_some_and(|p| p.accepts_retries())
+    }
+
     /// The runtime's clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
@@ -516,6 +536,10 @@ impl<T, E> TaskHandle<T, E> {
     /// The task's id.
     pub fn id(&self) -> TaskId {
         self.core.id
+    }
+
+    pub(crate) fn into_parts(self) -> (Arc<TaskCore>, Arc<Slot<T, E>>) {
+        (self.core, self.slot)
     }
 
     /// Waits for the outcome. With a timeout set, this returns by the

@@ -97,6 +97,21 @@ impl Tier {
         }
     }
 
+    /// The tier's defaults for a task at `priority` (engine layers on top
+    /// of a tier start from these).
+    pub(crate) fn default_options(&self, priority: Priority) -> TaskOptions {
+        let cfg = &self.pool.config;
+        TaskOptions {
+            priority,
+            user: None,
+            timeout: cfg.timeout,
+            warn_after: cfg.warn_after,
+            queue_budget: None,
+            preemptible: false,
+            restartable: false,
+        }
+    }
+
     /// This tier's numbers now.
     pub fn stats(&self) -> TierStats {
         self.pool.stats()

@@ -52,10 +52,19 @@ enum Phase {
 struct Entry {
     at: Instant,
     seq: u64,
-    phase: Phase,
-    attempt: u32,
-    start: Instant,
-    task: Weak<TaskCore>,
+    action: Action,
+}
+
+enum Action {
+    /// A phase of a task's life.
+    Task {
+        phase: Phase,
+        attempt: u32,
+        start: Instant,
+        task: Weak<TaskCore>,
+    },
+    /// Run a callback (retries waiting out their backoff, batch timeouts).
+    Call(Box<dyn FnOnce() + Send>),
 }
 
 impl PartialEq for Entry {
@@ -78,14 +87,29 @@ impl Ord for Entry {
 impl Entry {
     /// Whether firing this entry could still do anything.
     fn is_live(&self) -> bool {
-        let Some(core) = self.task.upgrade() else {
+        let Action::Task {
+            phase,
+            attempt,
+            task,
+            ..
+        } = &self.action
+        else {
+            return true;
+        };
+        let Some(core) = task.upgrade() else {
             return false;
         };
-        match self.phase {
+        match phase {
             Phase::QueueBudget => core.state() == QUEUED,
-            _ => core.state() == RUNNING && core.attempt() == self.attempt,
+            _ => core.state() == RUNNING && core.attempt() == *attempt,
         }
     }
+}
+
+/// What a fired task entry knows about the run it watches.
+struct Fired {
+    attempt: u32,
+    start: Instant,
 }
 
 struct State {
@@ -155,6 +179,12 @@ impl Watchdog {
         self.shared.push(at, Phase::Zombie, core, attempt, at);
     }
 
+    /// Runs `f` on the watchdog thread at `at` (or drops it, unrun, when
+    /// the runtime stops first: what it owns must settle itself on drop).
+    pub(crate) fn call_at(&self, at: Instant, f: Box<dyn FnOnce() + Send>) {
+        self.shared.push_action(at, Action::Call(f));
+    }
+
     /// How many deadlines are pending (live or not yet compacted).
     pub(crate) fn pending(&self) -> usize {
         self.shared.state.lock().heap.len()
@@ -162,12 +192,14 @@ impl Watchdog {
 
     /// Stops the thread and joins it. Harmless to call twice.
     pub(crate) fn stop(&self) {
-        {
+        let dropped = {
             let mut st = self.shared.state.lock();
             st.stop = true;
-            st.heap.clear();
             self.shared.cv.notify_all();
-        }
+            std::mem::take(&mut st.heap)
+        };
+        // Outside the lock: dropping a callback may settle the task it owns.
+        drop(dropped);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -176,8 +208,22 @@ impl Watchdog {
 
 impl Shared {
     fn push(&self, at: Instant, phase: Phase, core: &Arc<TaskCore>, attempt: u32, start: Instant) {
+        self.push_action(
+            at,
+            Action::Task {
+                phase,
+                attempt,
+                start,
+                task: Arc::downgrade(core),
+            },
+        );
+    }
+
+    fn push_action(&self, at: Instant, action: Action) {
         let mut st = self.state.lock();
         if st.stop {
+            drop(st);
+            drop(action);
             return;
         }
         if st.heap.len() >= st.compact_at {
@@ -187,14 +233,7 @@ impl Shared {
         let earliest = st.heap.peek().map(|Reverse(e)| e.at);
         st.seq += 1;
         let seq = st.seq;
-        st.heap.push(Reverse(Entry {
-            at,
-            seq,
-            phase,
-            attempt,
-            start,
-            task: Arc::downgrade(core),
-        }));
+        st.heap.push(Reverse(Entry { at, seq, action }));
         if earliest.map_or(true, |e| at < e) {
             self.cv.notify_one();
         }
@@ -231,10 +270,26 @@ impl Shared {
     }
 
     fn fire(&self, e: Entry) {
-        let Some(core) = e.task.upgrade() else {
+        let (phase, attempt, start, task) = match e.action {
+            Action::Call(f) => {
+                // A panicking callback must not take the watchdog down.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                    log::error!(target: "tierpool::watchdog", "a timer callback panicked");
+                }
+                return;
+            }
+            Action::Task {
+                phase,
+                attempt,
+                start,
+                task,
+            } => (phase, attempt, start, task),
+        };
+        let Some(core) = task.upgrade() else {
             return;
         };
-        match e.phase {
+        let e = Fired { attempt, start };
+        match phase {
             Phase::QueueBudget => {
                 if core.discard(CancelReason::QueueExpired) {
                     log::info!(target: "tierpool::watchdog",

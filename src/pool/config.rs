@@ -45,6 +45,7 @@ pub struct TierConfig {
     pub(crate) min_workers: usize,
     pub(crate) max_workers: usize,
     pub(crate) queue_capacity: usize,
+    pub(crate) max_queued: Option<usize>,
     pub(crate) max_in_flight: Option<usize>,
     pub(crate) per_user_limit: Option<usize>,
     pub(crate) warn_after: Option<Duration>,
@@ -68,6 +69,7 @@ impl TierConfig {
             min_workers: 1,
             max_workers: 4,
             queue_capacity: 1000,
+            max_queued: None,
             max_in_flight: None,
             per_user_limit: None,
             warn_after: None,
@@ -135,6 +137,19 @@ impl TierConfig {
         }
     }
 
+    /// The `analysis` pool: 1–8 workers scaled with demand, at most 100
+    /// jobs queued, no default timeout (set one per request).
+    pub fn analysis() -> Self {
+        TierConfig {
+            min_workers: 1,
+            max_workers: 8,
+            queue_capacity: 100,
+            max_queued: Some(100),
+            max_zombie_replacements: 8,
+            ..TierConfig::base("analysis")
+        }
+    }
+
     /// The tier's name.
     pub fn name(&self) -> &'static str {
         self.name
@@ -160,6 +175,13 @@ impl TierConfig {
     /// Capacity of each priority level's queue.
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n;
+        self
+    }
+
+    /// Most tasks queued (all priority levels together) before submissions
+    /// are rejected as queue-full; `None`: only the per-level capacity.
+    pub fn max_queued(mut self, n: impl Into<Option<usize>>) -> Self {
+        self.max_queued = n.into();
         self
     }
 
@@ -322,6 +344,12 @@ impl TierConfig {
                     "{} is more than the limit of {MAX_QUEUE_CAPACITY} per priority level",
                     self.queue_capacity
                 ),
+            );
+        }
+        if self.max_queued == Some(0) {
+            return err(
+                "max_queued",
+                "must be at least 1, or None for no total limit".into(),
             );
         }
         if self.max_in_flight == Some(0) {

@@ -78,6 +78,7 @@ pub(crate) struct PoolShared {
     /// Per-level reservations: a push is only made into a reserved place,
     /// so it can never fail after the closure is boxed.
     reserved: [AtomicUsize; 4],
+    reserved_total: AtomicUsize,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
     lifecycle: AtomicU8,
@@ -120,6 +121,7 @@ impl PoolShared {
             live: AtomicUsize::new(0),
             running_unreserved: AtomicUsize::new(0),
             reserved: Default::default(),
+            reserved_total: AtomicUsize::new(0),
             bell_tx,
             bell_rx,
             lifecycle: AtomicU8::new(OPEN),
@@ -191,8 +193,7 @@ impl PoolShared {
         };
         let level = opts.priority.index();
         if !self.reserve(level) {
-            let capacity = self.queue.capacity();
-            return Err(SubmitError::new(RejectReason::QueueFull { capacity }, f));
+            return Err(SubmitError::new(self.queue_full(), f));
         }
         let priority = opts.priority;
         let queue_budget = opts.queue_budget;
@@ -223,39 +224,88 @@ impl PoolShared {
         Ok(TaskHandle::new(core, slot, self.clock.clone()))
     }
 
-    /// Reserves a place at `level` (see `reserved`).
-    fn reserve(&self, level: usize) -> bool {
+    /// Reserves a place at `level` (see `reserved`), within the level's
+    /// capacity and the tier's `max_queued`.
+    pub(crate) fn reserve(&self, level: usize) -> bool {
+        let total = self.config.max_queued.unwrap_or(usize::MAX);
+        if self
+            .reserved_total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < total).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
         let cap = self.queue.capacity();
-        self.reserved[level]
+        let ok = self.reserved[level]
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
-            .is_ok()
+            .is_ok();
+        if !ok {
+            self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// A place was given up (picked, or its push failed).
+    pub(crate) fn unreserve(&self, level: usize) {
+        self.reserved[level].fetch_sub(1, Ordering::AcqRel);
+        self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The queue-full rejection, naming the limit that was hit.
+    fn queue_full(&self) -> RejectReason {
+        let capacity = match self.config.max_queued {
+            Some(total) if self.reserved_total.load(Ordering::Acquire) >= total => total,
+            _ => self.queue.capacity(),
+        };
+        RejectReason::QueueFull { capacity }
     }
 
     fn push_reserved(&self, p: Priority, w: Work) {
         if let Err(w) = self.queue.push(p, w) {
             // Cannot happen (the place was reserved); if it did, dropping
             // the job settles it as cancelled rather than losing it.
-            self.reserved[p.index()].fetch_sub(1, Ordering::AcqRel);
+            self.unreserve(p.index());
             drop(w);
         }
     }
 
     /// Makes sure someone will look at newly queued work: ring an idle
-    /// worker, or start one if none is idle and the tier may grow.
-    fn wake_for_new_work(self: &Arc<Self>) {
+    /// worker, and scale up while queued work outnumbers idle workers
+    /// (threads being started count as idle) and the tier may grow.
+    pub(crate) fn wake_for_new_work(self: &Arc<Self>) {
         // Pairs with the worker's SeqCst idle increment before its last
         // look at the queue: one of us sees the other.
         fence(Ordering::SeqCst);
-        if self.idle.load(Ordering::SeqCst) > 0 {
+        let idle = self.idle.load(Ordering::SeqCst);
+        if idle > 0 {
             self.ring(1);
-        } else if self.live.load(Ordering::Acquire) < self.config.max_workers {
-            let mut t = self.threads.lock();
-            if t.live < self.config.max_workers && self.idle.load(Ordering::SeqCst) == 0 {
-                if let Err(e) = self.spawn_worker(&mut t) {
-                    log::error!(target: "tierpool::pool", "{}: could not start a worker: {e}", self.name());
-                }
+        }
+        if self.live.load(Ordering::Acquire) < self.config.max_workers
+            && idle < self.counters.queued()
+        {
+            self.scale_up();
+        }
+    }
+
+    #[cold]
+    fn scale_up(self: &Arc<Self>) {
+        let mut t = self.threads.lock();
+        let (idle, queued) = (self.idle.load(Ordering::SeqCst), self.counters.queued());
+        if t.live >= self.config.max_workers || idle >= queued {
+            return;
+        }
+        match self.spawn_worker(&mut t) {
+            Ok(()) => {
+                self.counters.scaled_up();
+                log::debug!(target: "tierpool::pool", "{}: scaled up to {} workers ({queued} queued, {idle} idle)",
+                    self.name(), t.live);
+            }
+            Err(e) => {
+                log::error!(target: "tierpool::pool", "{}: could not start a worker: {e}", self.name());
             }
         }
     }
@@ -418,6 +468,7 @@ impl PoolShared {
             self.memory.pauses(),
             t.gave_up_restarting,
             t.spawned,
+            (self.config.min_workers, self.config.max_workers),
         )
     }
 

@@ -78,6 +78,7 @@ impl PoolShared {
         for r in &self.reserved {
             r.store(0, Ordering::Release);
         }
+        self.reserved_total.store(0, Ordering::Release);
         let running: Vec<_> = {
             let t = self.threads.lock();
             t.slots

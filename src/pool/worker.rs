@@ -96,7 +96,7 @@ impl PoolShared {
                 }
             },
         )?;
-        self.reserved[picked.0].fetch_sub(1, Ordering::AcqRel);
+        self.unreserve(picked.0);
         self.admission.notify_room();
         Some(picked)
     }
@@ -144,8 +144,9 @@ impl PoolShared {
         self.live.store(t.live, Ordering::Release);
         self.idle.fetch_sub(1, Ordering::SeqCst);
         self.forget_thread(&mut t, slot.index);
-        log::debug!(target: "tierpool::pool", "{}: worker {} retired after {:?} idle ({} left)",
-            self.name(), slot.index, self.config.keep_alive, t.live);
+        self.counters.scaled_down();
+        log::debug!(target: "tierpool::pool", "{}: scaled down to {} workers (worker {} idle for {:?})",
+            self.name(), t.live, slot.index, self.config.keep_alive);
         true
     }
 
@@ -160,9 +161,9 @@ impl PoolShared {
         self.forget_thread(&mut t, slot.index);
     }
 
-    fn run_job(&self, mut job: Job, slot: &WorkerSlot, level: usize) -> After {
+    fn run_job(&self, job: Job, slot: &WorkerSlot, level: usize) -> After {
         let unreserved = self.config.reserved_slots > 0 && level >= Priority::Normal.index();
-        let after = self.run_started(&mut job, slot);
+        let after = self.run_started(job, slot);
         if unreserved {
             self.running_unreserved.fetch_sub(1, Ordering::AcqRel);
             if self.queue.has_waiting([false, false, true, true]) {
@@ -172,7 +173,7 @@ impl PoolShared {
         after
     }
 
-    fn run_started(&self, job: &mut Job, slot: &WorkerSlot) -> After {
+    fn run_started(&self, mut job: Job, slot: &WorkerSlot) -> After {
         let core = job.core.clone();
         let Some((attempt, token)) = core.start() else {
             return After::Continue; // discarded while queued
@@ -206,12 +207,15 @@ impl PoolShared {
             self.counters.stopped_running();
         }
         match end {
-            RunEnd::Settled => {} // recorded by the slot
-            RunEnd::Late => self.counters.late_result(),
+            RunEnd::Settled => core.release_permit(), // outcome recorded by the slot
+            RunEnd::Late => {
+                self.counters.late_result();
+                core.release_permit();
+            }
+            // The job moves on whole: dropping it here would settle it
+            // (see `Job`'s drop), as it is queued again.
             RunEnd::Restart => self.restart(job),
-        }
-        if !matches!(end, RunEnd::Restart) {
-            core.release_permit();
+            RunEnd::RetryAfter(d) => self.retry_later(job, d),
         }
         self.notify_drain();
         if left == ZOMBIE {
@@ -226,23 +230,76 @@ impl PoolShared {
     }
 
     /// Puts a preempted restartable task back in its queue.
-    fn restart(&self, job: &mut Job) {
+    fn restart(&self, job: Job) {
         let core = job.core.clone();
-        let level = core.opts.priority.index();
-        let requeued = self.lifecycle.load(Ordering::SeqCst) == super::OPEN
-            && core.requeue()
-            && self.reserve(level);
-        if !requeued {
-            if core.settle_cancelled(CancelReason::Preempted) {
-                log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
-            }
+        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN || !core.requeue() {
+            // Still DONE, so dropping the job does nothing more.
+            core.settle_cancelled(CancelReason::Preempted);
             core.release_permit();
             return;
         }
-        let body = std::mem::replace(&mut job.body, Box::new(|_| RunEnd::Late));
         self.counters.requeued();
-        self.push_reserved(core.opts.priority, Work::Task(Job { core, body }));
+        let p = core.opts.priority;
+        if !self.reserve(p.index()) {
+            log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued (queue full)", self.name(), core.id);
+            core.discard(CancelReason::Preempted);
+            return;
+        }
+        self.push_reserved(p, Work::Task(job));
         self.ring(1);
+    }
+
+    /// Hands a failed job to the watchdog's timer, to be queued again
+    /// after `backoff`. It keeps its admission permit (it is still in
+    /// flight) and counts as queued meanwhile.
+    fn retry_later(&self, job: Job, backoff: std::time::Duration) {
+        let core = job.core.clone();
+        if !(self.accepts_retries() && core.requeue()) {
+            // The body checked `can_retry` just before; only a shutdown
+            // racing it lands here.
+            core.settle_cancelled(CancelReason::Shutdown);
+            core.release_permit();
+            return;
+        }
+        self.counters.retry_scheduled();
+        self.schedule_retry(job, backoff);
+    }
+
+    fn schedule_retry(&self, job: Job, backoff: std::time::Duration) {
+        let pool = self.self_weak.clone();
+        let at = self
+            .clock
+            .now()
+            .checked_add(backoff)
+            .unwrap_or_else(|| self.clock.now());
+        // If the runtime stops first, the timer drops the job and its
+        // `Drop` settles it as cancelled (shutdown).
+        self.watchdog.call_at(
+            at,
+            Box::new(move || {
+                if let Some(pool) = pool.upgrade() {
+                    pool.push_retry(job, backoff);
+                }
+            }),
+        );
+    }
+
+    fn push_retry(self: Arc<Self>, job: Job, backoff: std::time::Duration) {
+        if !self.accepts_retries() {
+            return; // dropping `job` settles it
+        }
+        let p = job.core.opts.priority;
+        if !self.reserve(p.index()) {
+            // Queue full: wait another backoff rather than drop the work.
+            self.schedule_retry(job, backoff);
+            return;
+        }
+        self.push_reserved(p, Work::Task(job));
+        self.wake_for_new_work();
+    }
+
+    pub(crate) fn accepts_retries(&self) -> bool {
+        self.lifecycle.load(Ordering::SeqCst) != STOPPING
     }
 
     pub(super) fn notify_drain(&self) {

@@ -44,6 +44,9 @@ pub(crate) struct TierCounters {
     worker_restarts: Counter,
     preemptions: Counter,
     restarts: Counter,
+    retries: Counter,
+    scale_ups: Counter,
+    scale_downs: Counter,
     busy_nanos: Counter,
     queued: AtomicUsize,
     running: AtomicUsize,
@@ -66,6 +69,9 @@ impl TierCounters {
             worker_restarts: Counter::default(),
             preemptions: Counter::default(),
             restarts: Counter::default(),
+            retries: Counter::default(),
+            scale_ups: Counter::default(),
+            scale_downs: Counter::default(),
             busy_nanos: Counter::default(),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -106,6 +112,21 @@ impl TierCounters {
     pub(crate) fn requeued(&self) {
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.restarts.add(1);
+    }
+
+    /// A failed run will be retried after its backoff; it counts as
+    /// queued meanwhile.
+    pub(crate) fn retry_scheduled(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.retries.add(1);
+    }
+
+    pub(crate) fn scaled_up(&self) {
+        self.scale_ups.add(1);
+    }
+
+    pub(crate) fn scaled_down(&self) {
+        self.scale_downs.add(1);
     }
 
     #[inline]
@@ -172,6 +193,9 @@ impl TierCounters {
             worker_restarts: self.worker_restarts.get(),
             preemptions: self.preemptions.get(),
             restarts: self.restarts.get(),
+            retries: self.retries.get(),
+            scale_ups: self.scale_ups.get(),
+            scale_downs: self.scale_downs.get(),
             busy: Duration::from_nanos(self.busy_nanos.get()),
             queued: self.queued(),
             running: self.running(),
@@ -195,6 +219,9 @@ pub(crate) struct CounterSnapshot {
     pub(crate) worker_restarts: u64,
     pub(crate) preemptions: u64,
     pub(crate) restarts: u64,
+    pub(crate) retries: u64,
+    pub(crate) scale_ups: u64,
+    pub(crate) scale_downs: u64,
     pub(crate) busy: Duration,
     pub(crate) queued: usize,
     pub(crate) running: usize,
