@@ -54,7 +54,7 @@ impl<I, F> BatchBuilder<'_, I, F> {
         kind.batch(self.items.len());
         let token = CancelToken::new();
         let slot: Arc<Slot<Results<T, E>, ()>> = Arc::new(Slot::new());
-        let counters = Arc::new(TierCounters::new());
+        let counters = a.batch_counters.clone();
         let skipped = Arc::new(AtomicUsize::new(0));
         let handle = BatchHandle {
             slot: slot.clone(),

@@ -102,6 +102,9 @@ pub struct Analysis {
     cpu: Mutex<Option<Arc<rayon::ThreadPool>>>,
     clock: Clock,
     seed: AtomicU32,
+    /// Outcome counters of batch slots (one shared set: a batch's items
+    /// are counted per kind, not per tier).
+    batch_counters: Arc<TierCounters>,
 }
 
 impl Analysis {
@@ -120,6 +123,7 @@ impl Analysis {
             cpu: Mutex::new(Some(Arc::new(cpu))),
             clock,
             seed: AtomicU32::new(1),
+            batch_counters: Arc::new(TierCounters::new()),
         })
     }
 

@@ -212,7 +212,7 @@ impl fmt::Display for AnalysisStats {
         for k in &self.kinds {
             writeln!(
                 f,
-                "{:<20} {:>8} {:>7} {:>6.1}% {:>6} {:>6} {:>6} {:>7} {:>9} {:>9}",
+                "{:<20} {:>8} {:>7} {:>6.1}% {:>6} {:>6} {:>6} {:>7} {:>9} {:>9} {:>8} {:>8}",
                 k.kind,
                 k.requests,
                 k.cache_hits,
@@ -223,6 +223,8 @@ impl fmt::Display for AnalysisStats {
                 k.failed_after_retries,
                 crate::error::fmt_duration(k.run_time.p50),
                 crate::error::fmt_duration(k.run_time.p99),
+                k.batches,
+                k.batch_items,
             )?;
         }
         Ok(())

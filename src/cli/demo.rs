@@ -62,6 +62,8 @@ struct Offered {
     events: AtomicU64,
     events_rejected: AtomicU64,
     analyses: AtomicU64,
+    intel: AtomicU64,
+    intel_rejected: AtomicU64,
 }
 
 pub(crate) fn run(opts: &DemoOptions) -> i32 {
@@ -199,6 +201,48 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
         }));
     }
 
+    // analysis: character-intel requests for a small population of
+    // characters (hot keys repeat, so the cache and de-duplication show),
+    // plus a CPU batch of killmail valuations every 2 s.
+    {
+        let (rt, stop, offered, load_f) = (rt.clone(), stop.clone(), offered.clone(), opts.load);
+        load.push(thread::spawn(move || {
+            let mut rng = Rng::new(1234);
+            let mut next_batch = Instant::now();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                let character = rng.below(60);
+                let flaky = rng.chance(10);
+                offered.intel.fetch_add(1, Ordering::Relaxed);
+                let r = rt
+                    .analysis()
+                    .request("character_intel", character, move |ctx| {
+                        ctx.sleep(Duration::from_millis(20)).map_err(|c| c.to_string())?;
+                        if flaky {
+                            return Err("ESI timeout".to_string());
+                        }
+                        Ok(character * 7)
+                    })
+                    .ttl(Duration::from_secs(3))
+                    .submit();
+                if r.is_err() {
+                    offered.intel_rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                if Instant::now() >= next_batch {
+                    next_batch += Duration::from_secs(2);
+                    let items: Vec<u64> = (0..2000).collect();
+                    let _ = rt.analysis().analyze_batch("killmail_value", items, |n| {
+                        let mut h = n;
+                        for _ in 0..2000 {
+                            h = h.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        }
+                        Ok::<_, String>(h)
+                    });
+                }
+                thread::sleep(Duration::from_secs_f64(0.01 / load_f));
+            }
+        }));
+    }
+
     if !opts.quiet {
         println!(
             "tierpool demo: {} users, load {:.1}, {:?} (Ctrl-C stops early and drains)\n",
@@ -224,6 +268,7 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
     match opts.format {
         Format::Table => {
             println!("\n{stats}");
+            println!("{}", rt.analysis().stats());
             println!("shutdown: {report}");
             println!(
                 "offered: {} ui lookups ({} rejected and handed back), {} killmail events ({} rejected), {} analyses",
@@ -232,6 +277,11 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
                 offered.events.load(Ordering::Relaxed),
                 offered.events_rejected.load(Ordering::Relaxed),
                 offered.analyses.load(Ordering::Relaxed),
+            );
+            println!(
+                "          {} character-intel requests ({} rejected)",
+                offered.intel.load(Ordering::Relaxed),
+                offered.intel_rejected.load(Ordering::Relaxed),
             );
             let every = stats.tiers.iter().all(|t| t.submitted == t.outcomes());
             println!(

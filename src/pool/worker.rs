@@ -179,8 +179,10 @@ impl PoolShared {
             return After::Continue; // discarded while queued
         };
         let start = self.clock.now();
-        self.counters
-            .started(start.saturating_duration_since(core.submitted_at));
+        // Queue wait is submit → first start; a restart or retry waited
+        // for other reasons (preemption, backoff).
+        let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
+        self.counters.started(waited);
         *slot.current.lock() = Some(core.clone());
         if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
             // Taken just as shutdown began: it never really starts.

@@ -96,10 +96,12 @@ impl TierCounters {
     }
 
     #[inline]
-    pub(crate) fn started(&self, waited: Duration) {
+    pub(crate) fn started(&self, waited: Option<Duration>) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
         self.running.fetch_add(1, Ordering::AcqRel);
-        self.queue_wait.record(waited);
+        if let Some(w) = waited {
+            self.queue_wait.record(w);
+        }
     }
 
     /// The worker is back from a run (or the run was declared a zombie).
