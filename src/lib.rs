@@ -48,6 +48,7 @@ mod priority;
 mod queue;
 mod resilience;
 mod runtime;
+mod schedule;
 mod slot;
 mod stats;
 mod sync;
@@ -68,6 +69,10 @@ pub use resilience::{
     RateLimiterStats, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
 };
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown};
+pub use schedule::{
+    JobBuilder, JobContext, JobHealth, JobId, JobStats, LoadRule, MissedRun, RunKind, Scheduler,
+    SchedulerBuilder, SchedulerStats, SkipReason, SkipRecord,
+};
 pub use slot::TaskResult;
 pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
