@@ -39,6 +39,7 @@
 #![warn(unreachable_pub)]
 
 mod admission;
+mod batch;
 mod cancel;
 mod clock;
 mod error;
@@ -57,6 +58,10 @@ mod telemetry;
 mod tier;
 mod watchdog;
 
+pub use batch::{
+    BatchProcessor, BatchProcessorBuilder, BatchReport, BatchStats, DeadLetter, DeadReason,
+    EnqueueError, EnqueueRejected, ItemContext,
+};
 pub use cancel::{CancelReason, Cancelled};
 pub use clock::{Clock, ManualClock};
 pub use error::{BuildError, ConfigError, RejectReason, SubmitError, TaskError};
