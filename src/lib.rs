@@ -57,6 +57,7 @@ mod task;
 mod telemetry;
 mod tier;
 mod watchdog;
+mod workers;
 
 pub use batch::{
     BatchProcessor, BatchProcessorBuilder, BatchReport, BatchStats, DeadLetter, DeadReason,
@@ -83,3 +84,6 @@ pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
 pub use telemetry::Percentiles;
 pub use tier::{Once, Restartable, TaskBuilder, Tier};
+pub use workers::{
+    CacheWarmer, CacheWarmerBuilder, CacheWarmerStats, ReEnricher, ReEnricherBuilder,
+};
