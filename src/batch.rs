@@ -49,6 +49,19 @@ const MANUAL_CLOCK_REAL_CAP: Duration = Duration::from_secs(10);
 
 /// What one item's processing can know: its attempt number, priority and
 /// the batch task's cancellation.
+///
+/// ```
+/// use tierpool::{BatchProcessor, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let p = BatchProcessor::builder(rt.background(), |url: &String, ctx| {
+///     ctx.checkpoint().map_err(|c| c.to_string())?;
+///     log::debug!("fetching {url}, attempt {}", ctx.attempt());
+///     Ok::<_, String>(())
+/// })
+/// .build()?;
+/// # drop(p);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct ItemContext<'a> {
     task: &'a TaskContext,
     attempt: u32,
@@ -97,6 +110,25 @@ pub enum DeadReason {
 
 /// An item that will not be processed again unless the application
 /// re-enqueues it.
+///
+/// ```
+/// use tierpool::{BatchProcessor, Priority, RetryPolicy, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let p = BatchProcessor::builder(rt.background(), |_: &u32, _| Err::<(), _>("gone"))
+///     .retry(RetryPolicy::no_retry())
+///     .build()?;
+/// p.enqueue(7, Priority::Normal)?;
+/// p.process_now();
+/// # let t0 = std::time::Instant::now();
+/// # while p.dead_letter_count() == 0 && t0.elapsed().as_secs() < 10 {
+/// #     std::thread::sleep(std::time::Duration::from_millis(2));
+/// # }
+/// for dead in p.drain_dead_letters() {
+///     assert_eq!((dead.item, dead.attempts, dead.error.as_str()), (7, 1, "gone"));
+///     p.enqueue(dead.item, Priority::Low)?; // or persist it
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct DeadLetter<I> {
     /// The item.
@@ -126,6 +158,16 @@ pub enum EnqueueRejected {
 }
 
 /// A refused enqueue, handing the item(s) back.
+///
+/// ```
+/// use tierpool::{BatchProcessor, EnqueueRejected, Priority, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let p = BatchProcessor::builder(rt.background(), |_: &u32, _| Ok::<_, String>(())).build()?;
+/// let _ = p.shutdown(std::time::Duration::ZERO);
+/// let err = p.enqueue(1, Priority::Normal).unwrap_err();
+/// assert_eq!((err.reason, err.items), (EnqueueRejected::ShutDown, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct EnqueueError<T> {
     /// Why.
     pub reason: EnqueueRejected,
@@ -201,6 +243,20 @@ pub struct BatchStats {
 
 /// What [`BatchProcessor::shutdown`] hands back: every item not processed,
 /// so the application can persist it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::{BatchProcessor, Priority, Runtime};
+/// let rt = Runtime::builder().build()?;
+/// let p = BatchProcessor::builder(rt.background(), |_: &u32, _| Ok::<_, String>(()))
+///     .batch_size(10)
+///     .flush_interval(Duration::from_secs(3600))
+///     .build()?;
+/// p.enqueue_all([1, 2, 3], Priority::Normal)?;
+/// let report = p.shutdown(Duration::from_secs(1));
+/// assert_eq!(report.unprocessed.len() + report.stats.processed_ok as usize, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct BatchReport<I> {

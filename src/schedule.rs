@@ -277,7 +277,21 @@ pub struct JobStats {
     pub last_error: Option<String>,
 }
 
-/// A snapshot of every job of a scheduler.
+/// A snapshot of every job of a scheduler; `Display` prints one line per
+/// job.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::{JobHealth, Runtime, Scheduler};
+/// let rt = Runtime::builder().build()?;
+/// let s = Scheduler::builder(rt.background()).build()?;
+/// let id = s.every(Duration::from_secs(60)).name("report").start(|_| Ok::<_, String>(()))?;
+/// let stats = s.stats();
+/// assert!(stats.is_healthy());
+/// assert_eq!(stats.job(id).unwrap().health, JobHealth::Healthy);
+/// println!("{stats}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerStats {
     /// Per job, in the order they were added.
@@ -337,6 +351,24 @@ impl fmt::Display for SchedulerStats {
 
 /// What one run of a job can know: why and for when it runs, the load
 /// scale, and its task's cancellation.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierpool::{RunKind, Runtime, Scheduler};
+/// let rt = Runtime::builder().build()?;
+/// let s = Scheduler::builder(rt.background()).build()?;
+/// let id = s.every(Duration::from_secs(60)).start(|ctx| {
+///     let keys: Vec<u32> = (0..100).collect();
+///     let take = (keys.len() as f64 * ctx.scale()).ceil() as usize; // fewer when busy
+///     for _k in &keys[..take] {
+///         ctx.checkpoint().map_err(|c| c.to_string())?;
+///     }
+///     if ctx.kind() == RunKind::Triggered { /* asked for by hand */ }
+///     Ok::<_, String>(())
+/// })?;
+/// # let _ = id;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct JobContext<'a> {
     task: &'a TaskContext,
     id: JobId,
