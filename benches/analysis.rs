@@ -17,7 +17,9 @@ use tierpool::Runtime;
 fn work(n: u64) -> u64 {
     let mut h = n;
     for _ in 0..4_000 {
-        h = h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        h = h
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
     }
     h
 }
@@ -25,7 +27,10 @@ fn work(n: u64) -> u64 {
 fn cached_hit(c: &mut Criterion) {
     let rt = Runtime::builder().build().unwrap();
     let a = rt.analysis();
-    a.analyze("intel", 42, |_| Ok::<_, String>(7u64)).unwrap().join().unwrap();
+    a.analyze("intel", 42, |_| Ok::<_, String>(7u64))
+        .unwrap()
+        .join()
+        .unwrap();
     c.bench_function("analysis/cached_hit", |b| {
         b.iter(|| {
             let h = a.analyze("intel", 42, |_| Ok::<_, String>(0u64)).unwrap();
@@ -36,14 +41,24 @@ fn cached_hit(c: &mut Criterion) {
 
 fn cpu_batch(c: &mut Criterion) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = Runtime::builder().cpu_threads(threads).analysis(|t| t.workers(1)).build().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let rt = Runtime::builder()
+        .cpu_threads(threads)
+        .analysis(|t| t.workers(1))
+        .build()
+        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let items: Vec<u64> = (0..1_000).collect();
     let mut g = c.benchmark_group("analysis/batch_1000");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     g.bench_function("analyze_batch", |b| {
         b.iter(|| {
-            let out = rt.analysis().analyze_batch("value", items.clone(), |n| Ok::<_, ()>(work(n))).join();
+            let out = rt
+                .analysis()
+                .analyze_batch("value", items.clone(), |n| Ok::<_, ()>(work(n)))
+                .join();
             black_box(out.len())
         })
     });
@@ -58,7 +73,9 @@ fn cpu_batch(c: &mut Criterion) {
             let items = items.clone();
             let h = rt
                 .analysis()
-                .request("serial", 0, move |_| Ok::<_, ()>(items.iter().map(|&n| work(n)).collect::<Vec<_>>()))
+                .request("serial", 0, move |_| {
+                    Ok::<_, ()>(items.iter().map(|&n| work(n)).collect::<Vec<_>>())
+                })
                 .no_cache()
                 .submit()
                 .unwrap();

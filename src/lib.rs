@@ -40,6 +40,7 @@
 
 mod admission;
 mod analysis;
+mod batch;
 mod cancel;
 mod clock;
 mod error;
@@ -49,6 +50,7 @@ mod priority;
 mod queue;
 mod resilience;
 mod runtime;
+mod schedule;
 mod slot;
 mod stats;
 mod sync;
@@ -56,10 +58,15 @@ mod task;
 mod telemetry;
 mod tier;
 mod watchdog;
+mod workers;
 
 pub use analysis::{
-    Analysis, AnalysisHandle, AnalysisRequest, AnalysisStats, BatchBuilder, BatchHandle, KindStats,
-    Source,
+    Analysis, AnalysisHandle, AnalysisRequest, AnalysisStats, CpuBatchBuilder, CpuBatchHandle,
+    KindStats, Source,
+};
+pub use batch::{
+    BatchProcessor, BatchProcessorBuilder, BatchReport, BatchStats, DeadLetter, DeadReason,
+    EnqueueError, EnqueueRejected, ItemContext,
 };
 pub use cancel::{CancelReason, Cancelled};
 pub use clock::{Clock, ManualClock};
@@ -73,11 +80,18 @@ pub use resilience::{
     RateLimiterStats, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
 };
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown};
+pub use schedule::{
+    JobBuilder, JobContext, JobHealth, JobId, JobStats, LoadRule, MissedRun, RunKind, Scheduler,
+    SchedulerBuilder, SchedulerStats, SkipReason, SkipRecord,
+};
 pub use slot::TaskResult;
 pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
 pub use telemetry::Percentiles;
 pub use tier::{Once, Restartable, TaskBuilder, Tier};
+pub use workers::{
+    CacheWarmer, CacheWarmerBuilder, CacheWarmerStats, ReEnricher, ReEnricherBuilder,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

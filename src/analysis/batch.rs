@@ -26,7 +26,7 @@ type Results<T, E> = Vec<TaskResult<T, E>>;
 
 /// A CPU batch's options; see [`Analysis::batch`].
 #[must_use = "a batch does nothing until submitted"]
-pub struct BatchBuilder<'a, I, F> {
+pub struct CpuBatchBuilder<'a, I, F> {
     analysis: &'a Analysis,
     kind: String,
     items: Vec<I>,
@@ -34,7 +34,7 @@ pub struct BatchBuilder<'a, I, F> {
     timeout: Option<Duration>,
 }
 
-impl<I, F> BatchBuilder<'_, I, F> {
+impl<I, F> CpuBatchBuilder<'_, I, F> {
     /// Cancels the items not yet started once the batch has run this long.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
@@ -42,7 +42,7 @@ impl<I, F> BatchBuilder<'_, I, F> {
     }
 
     /// Starts the batch on the CPU pool.
-    pub fn submit<T, E>(self) -> BatchHandle<T, E>
+    pub fn submit<T, E>(self) -> CpuBatchHandle<T, E>
     where
         I: Send + 'static,
         F: Fn(I) -> Result<T, E> + Send + Sync + 'static,
@@ -56,7 +56,7 @@ impl<I, F> BatchBuilder<'_, I, F> {
         let slot: Arc<Slot<Results<T, E>, ()>> = Arc::new(Slot::new());
         let counters = a.batch_counters.clone();
         let skipped = Arc::new(AtomicUsize::new(0));
-        let handle = BatchHandle {
+        let handle = CpuBatchHandle {
             slot: slot.clone(),
             token: token.clone(),
             clock: a.clock.clone(),
@@ -138,7 +138,7 @@ impl Analysis {
     /// assert_eq!(out, vec![1, 4, 9, 16]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn analyze_batch<I, T, E, F>(&self, kind: &str, items: Vec<I>, f: F) -> BatchHandle<T, E>
+    pub fn analyze_batch<I, T, E, F>(&self, kind: &str, items: Vec<I>, f: F) -> CpuBatchHandle<T, E>
     where
         I: Send + 'static,
         F: Fn(I) -> Result<T, E> + Send + Sync + 'static,
@@ -149,8 +149,8 @@ impl Analysis {
     }
 
     /// A CPU batch with options (a timeout).
-    pub fn batch<I, F>(&self, kind: &str, items: Vec<I>, f: F) -> BatchBuilder<'_, I, F> {
-        BatchBuilder {
+    pub fn batch<I, F>(&self, kind: &str, items: Vec<I>, f: F) -> CpuBatchBuilder<'_, I, F> {
+        CpuBatchBuilder {
             analysis: self,
             kind: kind.to_string(),
             items,
@@ -161,7 +161,7 @@ impl Analysis {
 }
 
 /// The handle of a CPU batch.
-pub struct BatchHandle<T, E> {
+pub struct CpuBatchHandle<T, E> {
     slot: Arc<Slot<Results<T, E>, ()>>,
     token: CancelToken,
     clock: Clock,
@@ -169,7 +169,7 @@ pub struct BatchHandle<T, E> {
     skipped: Arc<AtomicUsize>,
 }
 
-impl<T, E> BatchHandle<T, E> {
+impl<T, E> CpuBatchHandle<T, E> {
     /// Waits for every item (cancellation is checked between items, so an
     /// item already running finishes first) and returns the results in
     /// input order; skipped items are `Cancelled`.
@@ -210,9 +210,9 @@ impl<T, E> BatchHandle<T, E> {
     }
 }
 
-impl<T, E> fmt::Debug for BatchHandle<T, E> {
+impl<T, E> fmt::Debug for CpuBatchHandle<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BatchHandle")
+        f.debug_struct("CpuBatchHandle")
             .field("len", &self.len)
             .field("cancelled", &self.token.reason())
             .finish()

@@ -30,7 +30,7 @@ mod batch;
 mod cache;
 mod stats;
 
-pub use batch::{BatchBuilder, BatchHandle};
+pub use batch::{CpuBatchBuilder, CpuBatchHandle};
 pub use stats::{AnalysisStats, KindStats};
 
 use std::any::Any;

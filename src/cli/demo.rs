@@ -216,7 +216,8 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
                 let r = rt
                     .analysis()
                     .request("character_intel", character, move |ctx| {
-                        ctx.sleep(Duration::from_millis(20)).map_err(|c| c.to_string())?;
+                        ctx.sleep(Duration::from_millis(20))
+                            .map_err(|c| c.to_string())?;
                         if flaky {
                             return Err("ESI timeout".to_string());
                         }
