@@ -185,11 +185,18 @@ impl PoolShared {
         if self.lifecycle.load(Ordering::SeqCst) != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
         }
+        let level = opts.priority.index();
+        if !self.has_room(level) {
+            // Rejected before a permit is taken: taking and dropping one
+            // would be a release that wakes blocked submitters, this one
+            // too, and `submit_wait` would spin instead of blocking.
+            let capacity = self.queue.capacity();
+            return Err(SubmitError::new(RejectReason::QueueFull { capacity }, f));
+        }
         let permit = match self.admission.try_acquire(opts.user.as_ref()) {
             Ok(p) => p,
             Err(reason) => return Err(SubmitError::new(reason, f)),
         };
-        let level = opts.priority.index();
         if !self.reserve(level) {
             let capacity = self.queue.capacity();
             return Err(SubmitError::new(RejectReason::QueueFull { capacity }, f));
@@ -221,6 +228,11 @@ impl PoolShared {
             self.maybe_preempt();
         }
         Ok(TaskHandle::new(core, slot, self.clock.clone()))
+    }
+
+    /// Whether `level` has a free place now (a hint: `reserve` decides).
+    fn has_room(&self, level: usize) -> bool {
+        self.reserved[level].load(Ordering::Acquire) < self.queue.capacity()
     }
 
     /// Reserves a place at `level` (see `reserved`).
