@@ -11,10 +11,15 @@
 //!    (a compare-and-swap loop; the user map under its lock).
 //! 2. Every permit is returned exactly once (it is an RAII guard), so a
 //!    rejected or cancelled submission leaks nothing.
-//! 3. A blocked submitter always learns of a release: it announces itself
-//!    in `room_waiters` before trying, every release then bumps `room_gen`
-//!    and notifies under the `room` lock, and the waiter blocks only while
-//!    `room_gen` is unchanged since before its last try.
+//! 3. A blocked submitter always learns of a release that can let it in:
+//!    it announces itself in `room_waiters` before trying, and the waiter
+//!    blocks only while `room_gen` is unchanged since before its last try.
+//!    Notifications (a `room_gen` bump under the `room` lock) are
+//!    edge-triggered: a release notifies only when it leaves a limit that
+//!    was reached (the global count or the user's count was at its limit).
+//!    That loses nothing: a submitter rejected by a limit saw the count at
+//!    it, and the first release after that starts from it. (Queue room is
+//!    signalled by the pool when a level drains to half its capacity.)
 //!
 //! # Deadlock safety
 //!
@@ -87,7 +92,7 @@ impl Admission {
                     users.remove(user);
                 }
                 drop(users);
-                self.release_global();
+                self.release_global(false);
                 return Err(RejectReason::UserLimit {
                     user: user.to_string(),
                     limit,
@@ -105,9 +110,13 @@ impl Admission {
         })
     }
 
-    fn release_global(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.notify_room();
+    /// Gives back one unit of the global count; `user_was_full` says the
+    /// releasing user's count was at its limit (invariant 3).
+    fn release_global(&self, user_was_full: bool) {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if user_was_full || self.max_in_flight.is_some_and(|limit| before >= limit) {
+            self.notify_room();
+        }
     }
 
     /// Wakes blocked submitters, if any announced themselves (invariant 3).
@@ -164,16 +173,18 @@ impl Drop for RoomWaiter<'_> {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        let mut user_was_full = false;
         if let Some(user) = self.user.take() {
             let mut users = self.admission.users.lock();
             if let Some(n) = users.get_mut(&user) {
+                user_was_full = self.admission.per_user_limit.is_some_and(|l| *n >= l);
                 *n -= 1;
                 if *n == 0 {
                     users.remove(&user);
                 }
             }
         }
-        self.admission.release_global();
+        self.admission.release_global(user_was_full);
     }
 }
 

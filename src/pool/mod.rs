@@ -187,14 +187,20 @@ impl PoolShared {
         if self.lifecycle.load(Ordering::SeqCst) != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
         }
-        let permit = match self.admission.try_acquire(opts.user.as_ref()) {
-            Ok(p) => p,
-            Err(reason) => return Err(SubmitError::new(reason, f)),
-        };
+        // The queue place first, then the permit: a rejection then never
+        // takes and returns a permit, which would count as a release and
+        // wake blocked submitters (`submit_wait` would spin).
         let level = opts.priority.index();
         if !self.reserve(level) {
             return Err(SubmitError::new(self.queue_full(), f));
         }
+        let permit = match self.admission.try_acquire(opts.user.as_ref()) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.unreserve(level);
+                return Err(SubmitError::new(reason, f));
+            }
+        };
         let priority = opts.priority;
         let queue_budget = opts.queue_budget;
         let slot = Arc::new(Slot::<T, E>::new());
@@ -249,10 +255,18 @@ impl PoolShared {
         ok
     }
 
-    /// A place was given up (picked, or its push failed).
-    pub(crate) fn unreserve(&self, level: usize) {
-        self.reserved[level].fetch_sub(1, Ordering::AcqRel);
-        self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+    /// A place was given up (picked, or its push failed). `true` when
+    /// this crossed the half-way mark of a limit (the level's capacity or
+    /// `max_queued`): the moment to wake submitters blocked on it.
+    pub(crate) fn unreserve(&self, level: usize) -> bool {
+        let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
+        let total_before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+        let half_of = |cap: usize, before: usize| before == cap / 2 + 1;
+        half_of(self.queue.capacity(), level_before)
+            || self
+                .config
+                .max_queued
+                .is_some_and(|m| half_of(m, total_before))
     }
 
     /// The queue-full rejection, naming the limit that was hit.

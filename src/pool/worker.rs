@@ -27,8 +27,11 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         pool: &pool,
         slot: &slot,
     };
-    // Born idle: the spawner counted this thread in `idle`.
-    let mut idle_since = pool.clock.now();
+    // Born idle: the spawner counted this thread in `idle`. When it went
+    // idle is read off the clock only if it may retire (see
+    // `wait_for_work`): a clock read per idle spell is measurable when tiny
+    // tasks keep a worker hopping between busy and idle.
+    let mut idle_since = None;
     loop {
         // BUSY: take work while there is any.
         if let Some((level, work)) = pool.next_work() {
@@ -49,13 +52,13 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         if !slot.idle.load(Ordering::Relaxed) {
             slot.idle.store(true, Ordering::Relaxed);
             pool.idle.fetch_add(1, Ordering::SeqCst);
-            idle_since = pool.clock.now();
+            idle_since = None;
             continue;
         }
         if pool.lifecycle.load(Ordering::SeqCst) == STOPPING {
             break;
         }
-        if pool.wait_for_work(idle_since) && pool.try_retire(&slot) {
+        if pool.wait_for_work(&mut idle_since) && pool.try_retire(&slot) {
             guard.disarm();
             return;
         }
@@ -96,17 +99,23 @@ impl PoolShared {
                 }
             },
         )?;
-        self.unreserve(picked.0);
-        self.admission.notify_room();
+        // Submitters blocked on a full queue are woken once it is half
+        // empty, not on every pick: one wake-up then refills half a queue
+        // instead of one place (a futex wake per task capped dispatch at a
+        // few hundred thousand tasks/s).
+        if self.unreserve(picked.0) {
+            self.admission.notify_room();
+        }
         Some(picked)
     }
 
     /// Blocks until rung, or until something the worker must look at
     /// again. Returns `true` when the keep-alive ran out.
-    fn wait_for_work(&self, idle_since: Instant) -> bool {
+    fn wait_for_work(&self, idle_since: &mut Option<Instant>) -> bool {
         let may_retire = self.live.load(Ordering::Acquire) > self.config.min_workers;
         let keep_alive_end = if may_retire {
-            idle_since.checked_add(self.config.keep_alive)
+            let since = *idle_since.get_or_insert_with(|| self.clock.now());
+            since.checked_add(self.config.keep_alive)
         } else {
             None
         };

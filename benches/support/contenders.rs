@@ -1,0 +1,166 @@
+//! The pools compared: tierpool, the `threadpool` crate, a rayon
+//! `ThreadPool`, and a bare crossbeam-channel worker pool (the baseline:
+//! the least a pool can do — one bounded channel of boxed closures).
+
+use std::convert::Infallible;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use tierpool::{Priority, Runtime, Tier};
+
+/// Runs a fire-and-forget closure. Blocking on a full queue is allowed
+/// (that is each pool's own backpressure); losing the closure is not.
+pub trait Executor: Sync {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F);
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// N threads receiving boxed closures from one bounded channel.
+pub struct BarePool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BarePool {
+    pub fn new(workers: usize, capacity: usize) -> Self {
+        let (tx, rx) = bounded::<Job>(capacity);
+        let threads = (0..workers)
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("bare-{i}"))
+                    .spawn(move || rx.iter().for_each(|job| job()))
+                    .expect("spawn bare worker")
+            })
+            .collect();
+        BarePool {
+            tx: Some(tx),
+            threads,
+        }
+    }
+}
+
+impl Executor for BarePool {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F) {
+        if let Some(tx) = &self.tx {
+            tx.send(Box::new(f)).expect("bare pool workers alive");
+        }
+    }
+}
+
+impl Drop for BarePool {
+    fn drop(&mut self) {
+        self.tx = None; // disconnects: workers drain and leave
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `threadpool` crate (an unbounded mpsc queue behind a mutex).
+pub struct ThreadpoolCrate(pub threadpool::ThreadPool);
+
+impl ThreadpoolCrate {
+    pub fn new(workers: usize) -> Self {
+        ThreadpoolCrate(threadpool::ThreadPool::new(workers))
+    }
+}
+
+impl Executor for ThreadpoolCrate {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.0.execute(f);
+    }
+}
+
+/// A dedicated rayon pool, fed with `spawn` (the global injector: FIFO).
+pub struct RayonPool(pub rayon::ThreadPool);
+
+impl RayonPool {
+    pub fn new(workers: usize) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("rayon-{i}"))
+            .build()
+            .expect("build rayon pool");
+        RayonPool(pool)
+    }
+}
+
+impl Executor for RayonPool {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.0.spawn(f);
+    }
+}
+
+/// How long a tierpool submitter waits for room before calling it a bench
+/// bug (the workloads never keep a queue full that long).
+const SUBMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// One tierpool tier at one priority, through the blocking submit (its
+/// backpressure, like the bare pool's blocking `send`). Handles are
+/// dropped: the task is detached, completion is counted by the workload.
+pub struct TierExec {
+    pub tier: Tier,
+    pub priority: Priority,
+}
+
+impl Executor for TierExec {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F) {
+        let task = move |_: &tierpool::TaskContext| {
+            f();
+            Ok::<(), Infallible>(())
+        };
+        if let Err(e) = self.tier.submit_wait(self.priority, task, SUBMIT_WAIT) {
+            panic!("tierpool rejected a bench task: {}", e.reason());
+        }
+    }
+}
+
+/// What the tierpool runtime under test keeps switched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Features {
+    /// The ui tier's defaults (30 s timeout, 10 s warning: every task is
+    /// watched), stats on: what an application gets.
+    Defaults,
+    /// No timeout and no warning: the watchdog sees nothing.
+    NoTimeouts,
+}
+
+/// A runtime whose ui tier has `workers` fixed workers and no admission
+/// limit (so nothing is rejected: backpressure is the queue only). The
+/// other tiers are shrunk so their idle threads stay out of the way.
+pub fn tierpool_ui(workers: usize, queue_capacity: usize, features: Features) -> Runtime {
+    Runtime::builder()
+        .ui(|t| {
+            let t = t
+                .workers(workers)
+                .max_in_flight(None)
+                .per_user_limit(None)
+                .queue_capacity(queue_capacity);
+            match features {
+                Features::Defaults => t,
+                Features::NoTimeouts => t.timeout(None).warn_after(None),
+            }
+        })
+        .background(|t| t.workers(1))
+        .realtime(|t| t.workers(1).reserved_slots(0))
+        .build()
+        .expect("valid bench runtime")
+}
+
+/// The isolation setup: heavy work on `background` (`heavy` workers), light
+/// work on `realtime` (`light` workers), the ui tier shrunk.
+pub fn tierpool_isolated(heavy: usize, light: usize, queue_capacity: usize) -> Runtime {
+    Runtime::builder()
+        .ui(|t| t.workers(1))
+        .background(|t| t.workers(heavy).queue_capacity(queue_capacity))
+        .realtime(|t| {
+            t.workers(light)
+                .reserved_slots(0)
+                .queue_capacity(queue_capacity)
+        })
+        .build()
+        .expect("valid bench runtime")
+}
