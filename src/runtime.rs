@@ -171,8 +171,10 @@ impl RuntimeBuilder {
         }
         let watchdog = Arc::new(Watchdog::start(self.clock.clone()).map_err(BuildError::Spawn)?);
         let probe = self.probe.unwrap_or_else(|| Arc::new(process_rss));
-        let tiers = [self.ui, self.background, self.realtime, self.analysis_tier].map(|cfg| Tier {
-            pool: PoolShared::new(cfg, self.clock.clone(), watchdog.clone(), probe.clone()),
+        let tiers = [self.ui, self.background, self.realtime, self.analysis_tier].map(|cfg| {
+            let pool = PoolShared::new(cfg, self.clock.clone(), watchdog.clone(), probe.clone());
+            watchdog.register(&pool);
+            Tier { pool }
         });
         let analysis = match Analysis::new(tiers[3].clone(), self.analysis, self.clock.clone()) {
             Ok(a) => a,

@@ -113,6 +113,13 @@ pub(crate) struct TaskCore {
     state: AtomicU8,
     /// Bumped on every (re)start so the watchdog can tell a stale entry.
     attempt: AtomicU32,
+    /// The running attempt's next watchdog deadline (nanoseconds past the
+    /// watchdog's base instant; `u64::MAX`: none) and what it is for. Set
+    /// by the worker at start, read by the watchdog's scan of the running
+    /// tasks (see `watchdog.rs`): no per-task heap entry or lock.
+    watch_at: AtomicU64,
+    watch_phase: AtomicU8,
+    run_start: AtomicU64,
     token: Mutex<CancelToken>,
     pub(crate) slot: Arc<dyn Settle>,
     permit: Mutex<Option<Permit>>,
@@ -137,6 +144,9 @@ impl TaskCore {
             submitted_at,
             state: AtomicU8::new(QUEUED),
             attempt: AtomicU32::new(0),
+            watch_at: AtomicU64::new(u64::MAX),
+            watch_phase: AtomicU8::new(0),
+            run_start: AtomicU64::new(0),
             token: Mutex::new(CancelToken::new()),
             slot,
             permit: Mutex::new(Some(permit)),
@@ -160,6 +170,28 @@ impl TaskCore {
 
     pub(crate) fn attempt(&self) -> u32 {
         self.attempt.load(Ordering::Acquire)
+    }
+
+    /// Sets the running attempt's next watchdog deadline (see `watch_at`).
+    #[inline]
+    pub(crate) fn set_watch(&self, at: u64, phase: u8) {
+        self.watch_phase.store(phase, Ordering::Release);
+        // SeqCst: pairs with the watchdog's reset of its planned wake-up
+        // before it scans (see `Watchdog::watch_run`).
+        self.watch_at.store(at, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_run_start(&self, start: u64) {
+        self.run_start.store(start, Ordering::Release);
+    }
+
+    /// `(deadline, phase, run start)` of the running attempt.
+    pub(crate) fn watch(&self) -> (u64, u8, u64) {
+        (
+            self.watch_at.load(Ordering::SeqCst),
+            self.watch_phase.load(Ordering::Acquire),
+            self.run_start.load(Ordering::Acquire),
+        )
     }
 
     /// RUNNING → ZOMBIE if still running that attempt.

@@ -3,10 +3,22 @@
 //!
 //! # How it works
 //!
-//! Deadlines live in one min-heap. The thread parks until the nearest one
-//! (no polling tick: an idle runtime's watchdog sleeps until notified), and
-//! a push that becomes the new nearest deadline wakes it. Each entry is a
-//! phase of one task's life:
+//! Two sources of deadlines, one thread that parks until the nearest (no
+//! polling tick: an idle runtime's watchdog sleeps until notified):
+//!
+//! - **Running tasks** carry their next deadline in their own core
+//!   (`TaskCore::set_watch`). The watchdog keeps one number, `planned`: the
+//!   earliest such deadline it knows of. A worker starting a task only
+//!   touches the watchdog if its deadline is earlier than `planned` (an
+//!   atomic load; with one timeout per tier, practically never), so the
+//!   hot path takes no lock and pushes nothing. When `planned` comes, the
+//!   watchdog scans the tiers' running tasks, fires what is due and plans
+//!   the next wake-up: about one scan per timeout period under load.
+//! - **A min-heap** for the rarer one-off deadlines: queue budgets, the
+//!   zombie check after a caller's cancel, and timer callbacks (retry
+//!   backoff, batch timeouts).
+//!
+//! The phases of one task's life:
 //!
 //! ```text
 //!  submit ──► QueueBudget: still queued?  → discard, cancelled(queue_expired)
@@ -17,10 +29,21 @@
 //!                                           replacement thread
 //! ```
 //!
-//! Entries are never removed when a task finishes early; a fired entry for
-//! a finished task (or an earlier attempt of a restarted one) is a no-op.
-//! To keep memory bounded under a high task rate, the heap is compacted
-//! (dead entries dropped) whenever it doubles past its last live size.
+//! Heap entries are never removed when a task finishes early; a fired entry
+//! for a finished task (or an earlier attempt of a restarted one) is a
+//! no-op, and the heap is compacted whenever it doubles past its last live
+//! size.
+//!
+//! # Why no deadline is missed
+//!
+//! A worker stores its task's deadline (SeqCst), then reads `planned`
+//! (SeqCst); if the deadline is earlier it lowers `planned` (`fetch_min`)
+//! and wakes the watchdog. Before a scan the watchdog resets `planned` to
+//! "never" (SeqCst), then reads every running task's deadline, then lowers
+//! `planned` to what it found. In the single total order of SeqCst
+//! operations, either the worker's read of `planned` comes after the reset
+//! (it sees "never", so it lowers `planned` itself) or its store comes
+//! before the scan's read (the scan sees the deadline).
 //!
 //! # Races, named
 //!
@@ -38,7 +61,8 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::CancelReason;
 use crate::clock::Clock;
-use crate::sync::{Arc, Condvar, Mutex, Weak};
+use crate::pool::PoolShared;
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, Weak};
 use crate::task::{TaskCore, QUEUED, RUNNING};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +154,15 @@ struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     clock: Clock,
+    /// Deadlines of running tasks are nanoseconds past this instant.
+    base: Instant,
+    /// The earliest running-task deadline known (see the module header).
+    planned: AtomicU64,
+    /// The tiers whose running tasks the scan looks at.
+    pools: Mutex<Vec<Weak<PoolShared>>>,
 }
+
+const NEVER: u64 = u64::MAX;
 
 impl Watchdog {
     pub(crate) fn start(clock: Clock) -> std::io::Result<Watchdog> {
@@ -142,7 +174,10 @@ impl Watchdog {
                 compact_at: MIN_COMPACT,
             }),
             cv: Condvar::new(),
+            base: clock.now(),
             clock,
+            planned: AtomicU64::new(NEVER),
+            pools: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -159,18 +194,30 @@ impl Watchdog {
         self.shared.push(at, Phase::QueueBudget, core, 0, at);
     }
 
-    /// Watch a run that started at `start` (warning, then timeout).
-    pub(crate) fn watch_run(&self, core: &Arc<TaskCore>, attempt: u32, start: Instant) {
+    /// Makes the scan look at this tier's running tasks.
+    pub(crate) fn register(&self, pool: &Arc<PoolShared>) {
+        self.shared.pools.lock().push(Arc::downgrade(pool));
+    }
+
+    /// Watch a run that started at `start` (warning, then timeout). Hot
+    /// path: two atomic stores and, usually, one atomic load.
+    #[inline]
+    pub(crate) fn watch_run(&self, core: &TaskCore, start: Instant) {
         let o = &core.opts;
         let warn = o.warn_after.and_then(|w| start.checked_add(w));
         let timeout = o.timeout.and_then(|t| start.checked_add(t));
         // A per-task timeout may come before the tier's warning: then the
         // warning is skipped rather than delaying the timeout.
-        match (warn, timeout) {
-            (Some(w), Some(t)) if w < t => self.shared.push(w, Phase::Warn, core, attempt, start),
-            (_, Some(t)) => self.shared.push(t, Phase::Timeout, core, attempt, start),
-            (Some(w), None) => self.shared.push(w, Phase::Warn, core, attempt, start),
-            (None, None) => {}
+        let next = match (warn, timeout) {
+            (Some(w), Some(t)) if w < t => Some((w, Phase::Warn)),
+            (_, Some(t)) => Some((t, Phase::Timeout)),
+            (Some(w), None) => Some((w, Phase::Warn)),
+            (None, None) => None,
+        };
+        core.set_run_start(self.shared.nanos(start));
+        match next {
+            Some((at, phase)) => self.shared.plan(core, self.shared.nanos(at), phase),
+            None => core.set_watch(NEVER, 0),
         }
     }
 
@@ -206,7 +253,81 @@ impl Watchdog {
     }
 }
 
+impl Phase {
+    fn code(self) -> u8 {
+        match self {
+            Phase::QueueBudget => 1,
+            Phase::Warn => 2,
+            Phase::Timeout => 3,
+            Phase::Zombie => 4,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Phase> {
+        Some(match c {
+            1 => Phase::QueueBudget,
+            2 => Phase::Warn,
+            3 => Phase::Timeout,
+            4 => Phase::Zombie,
+            _ => return None,
+        })
+    }
+}
+
 impl Shared {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NEVER - 1)
+    }
+
+    fn instant(&self, nanos: u64) -> Option<Instant> {
+        (nanos != NEVER)
+            .then(|| self.base.checked_add(Duration::from_nanos(nanos)))
+            .flatten()
+    }
+
+    /// Sets a running task's next deadline; wakes the watchdog if it is
+    /// earlier than planned (see "Why no deadline is missed").
+    #[inline]
+    fn plan(&self, core: &TaskCore, at: u64, phase: Phase) {
+        core.set_watch(at, phase.code());
+        if at < self.planned.load(Ordering::SeqCst) && self.planned.fetch_min(at, Ordering::SeqCst) > at {
+            let _g = self.state.lock();
+            self.cv.notify_one();
+        }
+    }
+
+    /// Fires what is due among the running tasks of every tier, then plans
+    /// the next wake-up.
+    fn scan(&self) {
+        self.planned.store(NEVER, Ordering::SeqCst);
+        let now = self.nanos(self.clock.now());
+        let pools: Vec<Arc<PoolShared>> = self.pools.lock().iter().filter_map(Weak::upgrade).collect();
+        let mut due = Vec::new();
+        let mut next = NEVER;
+        for pool in &pools {
+            pool.for_each_running(|core| {
+                let attempt = core.attempt();
+                let (at, phase, start) = core.watch();
+                if at <= now {
+                    due.push((core.clone(), attempt, phase, start));
+                } else {
+                    next = next.min(at);
+                }
+            });
+        }
+        self.planned.fetch_min(next, Ordering::SeqCst);
+        for (core, attempt, phase, start) in due {
+            let (Some(phase), Some(start)) = (Phase::from_code(phase), self.instant(start)) else {
+                continue;
+            };
+            self.fire_phase(&core, phase, attempt, start, true);
+        }
+    }
+
+    fn planned_instant(&self) -> Option<Instant> {
+        self.instant(self.planned.load(Ordering::SeqCst))
+    }
+
     fn push(&self, at: Instant, phase: Phase, core: &Arc<TaskCore>, attempt: u32, start: Instant) {
         self.push_action(
             at,
@@ -241,6 +362,7 @@ impl Shared {
 
     fn run(&self) {
         let mut due = Vec::new();
+        let mut scan;
         loop {
             {
                 let mut st = self.state.lock();
@@ -254,10 +376,14 @@ impl Shared {
                             due.push(e);
                         }
                     }
-                    if !due.is_empty() {
+                    scan = self.planned_instant().is_some_and(|p| p <= now);
+                    if !due.is_empty() || scan {
                         break;
                     }
-                    let next = st.heap.peek().map(|Reverse(e)| e.at);
+                    let next = match (st.heap.peek().map(|Reverse(e)| e.at), self.planned_instant()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     st = self.cv.wait_budget(st, self.clock.wait_budget(next));
                 }
             }
@@ -265,6 +391,9 @@ impl Shared {
             // start threads.
             for e in due.drain(..) {
                 self.fire(e);
+            }
+            if scan {
+                self.scan();
             }
         }
     }
@@ -288,9 +417,15 @@ impl Shared {
         let Some(core) = task.upgrade() else {
             return;
         };
+        self.fire_phase(&core, phase, attempt, start, false);
+    }
+
+    /// One phase of a task's life is due. `scanned`: it came from the scan
+    /// of running tasks (follow-ups are planned the same way) rather than
+    /// from the heap.
+    fn fire_phase(&self, core: &Arc<TaskCore>, phase: Phase, attempt: u32, start: Instant, scanned: bool) {
         let e = Fired { attempt, start };
-        match phase {
-            Phase::QueueBudget => {
+        match phase {            Phase::QueueBudget => {
                 if core.discard(CancelReason::QueueExpired) {
                     log::info!(target: "tierpool::watchdog",
                         "task {} on {} expired in the queue (budget {:?})", core.id, core.tier, core.opts.queue_budget.unwrap_or_default());
@@ -306,8 +441,11 @@ impl Shared {
                 core.counters.warned();
                 log::warn!(target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
-                if let Some(at) = core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
-                    self.push(at, Phase::Timeout, &core, e.attempt, e.start);
+                match core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
+                    Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Timeout),
+                    Some(at) => self.push(at, Phase::Timeout, core, e.attempt, e.start),
+                    None if scanned => core.set_watch(NEVER, 0),
+                    None => {}
                 }
             }
             Phase::Timeout => {
@@ -323,14 +461,18 @@ impl Shared {
                     .pool
                     .upgrade()
                     .map_or(Duration::from_secs(1), |p| p.config.cancel_grace);
-                let at = self.clock.now().checked_add(grace);
-                if let Some(at) = at {
-                    self.push(at, Phase::Zombie, &core, e.attempt, e.start);
+                match self.clock.now().checked_add(grace) {
+                    Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Zombie),
+                    Some(at) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
+                    None => {}
                 }
             }
             Phase::Zombie => {
+                if scanned {
+                    core.set_watch(NEVER, 0);
+                }
                 if let Some(pool) = core.pool.upgrade() {
-                    pool.declare_zombie(&core, e.attempt);
+                    pool.declare_zombie(core, e.attempt);
                 }
             }
         }

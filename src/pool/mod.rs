@@ -486,6 +486,17 @@ impl PoolShared {
         )
     }
 
+    /// Calls `f` with every task running on this tier now (the watchdog's
+    /// scan).
+    pub(crate) fn for_each_running(&self, mut f: impl FnMut(&Arc<TaskCore>)) {
+        let t = self.threads.lock();
+        for s in &t.slots {
+            if let Some(core) = s.current.lock().as_ref() {
+                f(core);
+            }
+        }
+    }
+
     pub(crate) fn thread_counts(&self) -> (usize, usize) {
         let t = self.threads.lock();
         (t.live, t.zombies)

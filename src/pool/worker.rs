@@ -200,7 +200,9 @@ impl PoolShared {
                 self.cancelled_at_stop.fetch_add(1, Ordering::AcqRel);
             }
         } else {
-            self.watchdog.watch_run(&core, attempt, start);
+            // After `current` is set: the watchdog's scan finds the task
+            // there (see watchdog.rs, "Why no deadline is missed").
+            self.watchdog.watch_run(&core, start);
         }
         let deadline = core.opts.timeout.and_then(|t| start.checked_add(t));
         let ctx = TaskContext::new(core.clone(), token, deadline, self.clock.clone(), attempt);
@@ -212,6 +214,8 @@ impl PoolShared {
         drop(ctx);
         self.counters
             .ran(self.clock.now().saturating_duration_since(start));
+        // No deadline left over for a later attempt to inherit.
+        core.set_watch(u64::MAX, 0);
         *slot.current.lock() = None;
         let left = core.finish();
         if left == RUNNING {
