@@ -229,6 +229,11 @@ impl TaskCore {
             return false;
         }
         let attempt = self.attempt();
+        let restarts = reason == CancelReason::Preempted && self.opts.restartable;
+        // Settle before the token fires: a task woken by it returns
+        // `Err(Cancelled)` at once and must find its slot already cancelled,
+        // not win it as `Failed` (the outcome would depend on a race).
+        let settled = !restarts && self.settle_cancelled(reason);
         let newly = self.current_token().cancel(reason);
         if newly {
             // It must now return within the tier's grace, or be a zombie.
@@ -236,10 +241,11 @@ impl TaskCore {
                 pool.watch_cancelled(self, attempt);
             }
         }
-        if reason == CancelReason::Preempted && self.opts.restartable {
-            return newly;
+        if restarts {
+            newly
+        } else {
+            settled
         }
-        self.settle_cancelled(reason)
     }
 
     pub(crate) fn release_permit(&self) {

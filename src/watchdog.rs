@@ -259,16 +259,22 @@ impl Shared {
                 if core.state() != RUNNING || core.attempt() != e.attempt {
                     return;
                 }
-                core.current_token().cancel(CancelReason::Timeout);
-                if core.settle_cancelled(CancelReason::Timeout) {
-                    log::warn!(target: "tierpool::watchdog",
-                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
-                }
                 let grace = core
                     .pool
                     .upgrade()
                     .map_or(Duration::from_secs(1), |p| p.config.cancel_grace);
+                // Taken before settling: a caller that sees the timeout
+                // (its join returns) and then moves a manual clock must not
+                // push the zombie deadline later.
                 let at = self.clock.now().checked_add(grace);
+                // Settle before the token fires: a task woken by it returns
+                // `Err(Cancelled)` at once and must find its slot already
+                // cancelled (timeout), not win it as `Failed`.
+                if core.settle_cancelled(CancelReason::Timeout) {
+                    log::warn!(target: "tierpool::watchdog",
+                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
+                }
+                core.current_token().cancel(CancelReason::Timeout);
                 if let Some(at) = at {
                     self.push(at, Phase::Zombie, &core, e.attempt, e.start);
                 }
