@@ -280,7 +280,9 @@ impl Runtime {
                 completed_during_drain: finished(&s) - before,
                 cancelled_running: cancelled,
                 never_started: out.never_started.len(),
-                zombies: out.zombies.len() + s.zombie_threads,
+                // Every stuck thread's task is listed in `out.zombies`,
+                // whether shutdown or the watchdog declared it.
+                zombies: out.zombies.len(),
             });
             report.completed_during_drain += finished(&s) - before;
             report.cancelled_running.extend(out.cancelled_running);

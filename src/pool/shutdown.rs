@@ -16,7 +16,7 @@ use super::{PoolShared, DRAINING, OPEN, STOPPING};
 use crate::cancel::CancelReason;
 use crate::runtime::PhaseDeadline;
 use crate::sync::Ordering;
-use crate::task::{TaskId, Work};
+use crate::task::{TaskId, Work, ZOMBIE};
 
 /// What stopping one pool found.
 #[derive(Debug, Default, Clone)]
@@ -112,15 +112,27 @@ impl PoolShared {
             t = self.threads_cv.wait_budget(t, deadline.budget(&self.clock));
         }
         // Whoever is still inside a task now ignored the shutdown cancel.
+        let mut newly = 0;
         for s in &t.slots {
             if let Some(core) = s.current.lock().as_ref() {
                 if core.mark_zombie(core.attempt()) {
                     self.counters.zombie();
                     self.counters.stopped_running();
+                    newly += 1;
+                    out.zombies.push(core.id);
+                } else if core.state() == ZOMBIE {
+                    // Declared by the watchdog already (during the grace
+                    // or earlier): still stuck, so still reported.
                     out.zombies.push(core.id);
                 }
             }
         }
+        // The same bookkeeping as `declare_zombie`: the thread stops
+        // counting as live, so when its task returns its `zombies -= 1`
+        // has something to subtract (it used to underflow and panic).
+        t.live -= newly;
+        t.zombies += newly;
+        self.live.store(t.live, Ordering::Release);
         let exited: Vec<_> = t.exited.drain(..).collect();
         let stuck = t.handles.len();
         drop(t);
