@@ -160,9 +160,9 @@ impl PoolShared {
         self.forget_thread(&mut t, slot.index);
     }
 
-    fn run_job(&self, mut job: Job, slot: &WorkerSlot, level: usize) -> After {
+    fn run_job(&self, job: Job, slot: &WorkerSlot, level: usize) -> After {
         let unreserved = self.config.reserved_slots > 0 && level >= Priority::Normal.index();
-        let after = self.run_started(&mut job, slot);
+        let after = self.run_started(job, slot);
         if unreserved {
             self.running_unreserved.fetch_sub(1, Ordering::AcqRel);
             if self.queue.has_waiting([false, false, true, true]) {
@@ -172,7 +172,7 @@ impl PoolShared {
         after
     }
 
-    fn run_started(&self, job: &mut Job, slot: &WorkerSlot) -> After {
+    fn run_started(&self, mut job: Job, slot: &WorkerSlot) -> After {
         let core = job.core.clone();
         let Some((attempt, token)) = core.start() else {
             return After::Continue; // discarded while queued
@@ -226,12 +226,22 @@ impl PoolShared {
     }
 
     /// Puts a preempted restartable task back in its queue.
-    fn restart(&self, job: &mut Job) {
+    ///
+    /// Takes the job itself: it used to re-wrap the core in a new `Job`
+    /// and leave the old one to be dropped, and that `Drop` (invariant 2 in
+    /// `task.rs`) discarded the just re-queued task as cancelled (shutdown).
+    fn restart(&self, job: Job) {
         let core = job.core.clone();
         let level = core.opts.priority.index();
-        let requeued = self.lifecycle.load(Ordering::SeqCst) == super::OPEN
-            && core.requeue()
-            && self.reserve(level);
+        let mut requeued = false;
+        // Reserve first, so a full level never leaves the task QUEUED but
+        // outside the queue (its `Job` drop would then count it dequeued).
+        if self.lifecycle.load(Ordering::SeqCst) == super::OPEN && self.reserve(level) {
+            requeued = core.requeue();
+            if !requeued {
+                self.reserved[level].fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         if !requeued {
             if core.settle_cancelled(CancelReason::Preempted) {
                 log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
@@ -239,9 +249,8 @@ impl PoolShared {
             core.release_permit();
             return;
         }
-        let body = std::mem::replace(&mut job.body, Box::new(|_| RunEnd::Late));
         self.counters.requeued();
-        self.push_reserved(core.opts.priority, Work::Task(Job { core, body }));
+        self.push_reserved(core.opts.priority, Work::Task(job));
         self.ring(1);
     }
 
