@@ -338,7 +338,9 @@ fn finish_run<T, E>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(TaskError::Failed(e)),
         Err(payload) => {
-            let msg = panic_message(&payload);
+            // `&*`: the payload inside the box, not the box itself as `Any`
+            // (which never downcasts to a string).
+            let msg = panic_message(&*payload);
             log::warn!(target: "tierpool::task", "task {} on {} panicked: {msg}", ctx.id(), ctx.tier());
             Err(TaskError::Panicked(msg))
         }
