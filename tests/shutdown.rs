@@ -148,7 +148,11 @@ fn report_accounts_for_every_task_and_never_started_resolve_as_shutdown() {
     assert_eq!(report.zombies, vec![ignorer_id]);
     assert!(report.completed_during_drain >= 1, "the finisher");
     // The two background tasks never had a worker.
-    let bg = report.tiers.iter().find(|t| t.name == "background").unwrap();
+    let bg = report
+        .tiers
+        .iter()
+        .find(|t| t.name == "background")
+        .unwrap();
     assert_eq!(bg.never_started, 2);
     assert_eq!(bg.zombies, 1);
 
@@ -244,7 +248,9 @@ fn zombie_detached_at_shutdown_returning_later_exits_cleanly() {
     );
     let panics_before = WORKER_PANICS.load(Ordering::SeqCst);
     gate.open();
-    wait_until("zombie task returned", WAIT, || returned.load(Ordering::SeqCst));
+    wait_until("zombie task returned", WAIT, || {
+        returned.load(Ordering::SeqCst)
+    });
     // The thread retires without panicking.
     wait_threads_back_to(baseline);
     assert_eq!(

@@ -397,7 +397,10 @@ fn join_timeout_and_try_result_hand_the_handle_back() {
     assert_eq!(h.status(), TaskStatus::Running);
     h.cancel();
     let done = h.join_timeout(Duration::ZERO).unwrap();
-    assert_eq!(done.unwrap_err().cancel_reason(), Some(CancelReason::Caller));
+    assert_eq!(
+        done.unwrap_err().cancel_reason(),
+        Some(CancelReason::Caller)
+    );
     let quick = rt
         .background()
         .submit(Priority::Normal, |_| Ok::<_, Cancelled>(5))

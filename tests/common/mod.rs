@@ -55,7 +55,7 @@ pub fn thread_count() -> usize {
 /// threads take a moment to disappear from `/proc`).
 #[track_caller]
 pub fn wait_threads_back_to(baseline: usize) {
-    let mut last = 0;
+    let mut last;
     let end = Instant::now() + WAIT;
     loop {
         last = thread_count();
