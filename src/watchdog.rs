@@ -225,7 +225,12 @@ impl Shared {
             // Fire outside the lock: firing settles slots, logs and may
             // start threads.
             for e in due.drain(..) {
-                self.fire(e);
+                // A panic while firing (a log sink that panics, say) must
+                // not kill the one thread every timeout depends on.
+                let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fire(e)));
+                if fired.is_err() {
+                    eprintln!("tierpool: the watchdog caught a panic while firing a deadline; it keeps running");
+                }
             }
         }
     }
@@ -270,13 +275,16 @@ impl Shared {
                 // Settle before the token fires: a task woken by it returns
                 // `Err(Cancelled)` at once and must find its slot already
                 // cancelled (timeout), not win it as `Failed`.
-                if core.settle_cancelled(CancelReason::Timeout) {
-                    log::warn!(target: "tierpool::watchdog",
-                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
-                }
+                let won = core.settle_cancelled(CancelReason::Timeout);
                 core.current_token().cancel(CancelReason::Timeout);
                 if let Some(at) = at {
                     self.push(at, Phase::Zombie, &core, e.attempt, e.start);
+                }
+                // Logged last: a log sink that fails must not leave the
+                // task uncancelled.
+                if won {
+                    log::warn!(target: "tierpool::watchdog",
+                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
                 }
             }
             Phase::Zombie => {
