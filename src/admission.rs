@@ -223,4 +223,74 @@ mod tests {
         assert!(a.users.lock().is_empty());
         assert_eq!(a.in_flight(), 0);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Acquire(Option<u8>),
+            Release(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => proptest::option::of(0u8..4).prop_map(Op::Acquire),
+                2 => any::<usize>().prop_map(Op::Release),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Admission counting against a model: a permit is granted exactly
+            /// when both limits allow it, the rejection names the limit that
+            /// was hit, counts never pass the limits, and every release gives
+            /// the capacity back (the user map empties with the last permit).
+            #[test]
+            fn admission_matches_a_counting_model(
+                global in proptest::option::of(1usize..6),
+                per_user in proptest::option::of(1usize..4),
+                ops in proptest::collection::vec(op(), 1..80),
+            ) {
+                let a = Arc::new(Admission::new(global, per_user));
+                let users: Vec<Arc<str>> = (0..4).map(|u| Arc::from(format!("u{u}"))).collect();
+                let mut held: Vec<(Option<u8>, Permit)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Acquire(u) => {
+                            let user = u.map(|u| &users[u as usize]);
+                            let mine = held.iter().filter(|(h, _)| u.is_some() && *h == u).count();
+                            let global_full = global.is_some_and(|g| held.len() >= g);
+                            let user_full = u.is_some() && per_user.is_some_and(|l| mine >= l);
+                            match a.try_acquire(user) {
+                                Ok(p) => {
+                                    prop_assert!(!global_full && !user_full);
+                                    held.push((u, p));
+                                }
+                                Err(RejectReason::TierLimit { .. }) => prop_assert!(global_full),
+                                Err(RejectReason::UserLimit { .. }) => prop_assert!(user_full && !global_full),
+                                Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                            }
+                        }
+                        Op::Release(i) if !held.is_empty() => {
+                            let i = i % held.len();
+                            drop(held.swap_remove(i));
+                        }
+                        Op::Release(_) => {}
+                    }
+                    prop_assert_eq!(a.in_flight(), held.len());
+                    for (u, name) in users.iter().enumerate() {
+                        let n = held.iter().filter(|(h, _)| *h == Some(u as u8)).count();
+                        let counted = if per_user.is_some() { n } else { 0 };
+                        prop_assert_eq!(a.user_in_flight(name), counted);
+                    }
+                }
+                drop(held);
+                prop_assert_eq!(a.in_flight(), 0);
+                prop_assert!(a.users.lock().is_empty());
+            }
+        }
+    }
 }

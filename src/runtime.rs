@@ -317,7 +317,7 @@ impl Runtime {
         let started = Instant::now();
         let before: Vec<u64> = self.tiers.iter().map(|t| finished(&t.stats())).collect();
         for t in &self.tiers {
-            t.pool.begin_drain();
+            t.pool.begin_drain(grace);
         }
         let drained = {
             let deadline = self.phase_deadline(grace);
@@ -354,7 +354,9 @@ impl Runtime {
                 completed_during_drain: finished(&s) - before,
                 cancelled_running: cancelled,
                 never_started: out.never_started.len(),
-                zombies: out.zombies.len() + s.zombie_threads,
+                // Every stuck thread's task is listed in `out.zombies`,
+                // whether shutdown or the watchdog declared it.
+                zombies: out.zombies.len(),
             });
             report.completed_during_drain += finished(&s) - before;
             report.cancelled_running.extend(out.cancelled_running);

@@ -261,6 +261,11 @@ impl TaskCore {
             return false;
         }
         let attempt = self.attempt();
+        let restarts = reason == CancelReason::Preempted && self.opts.restartable;
+        // Settle before the token fires: a task woken by it returns
+        // `Err(Cancelled)` at once and must find its slot already cancelled,
+        // not win it as `Failed` (the outcome would depend on a race).
+        let settled = !restarts && self.settle_cancelled(reason);
         let newly = self.current_token().cancel(reason);
         if newly {
             // It must now return within the tier's grace, or be a zombie.
@@ -268,10 +273,11 @@ impl TaskCore {
                 pool.watch_cancelled(self, attempt);
             }
         }
-        if reason == CancelReason::Preempted && self.opts.restartable {
-            return newly;
+        if restarts {
+            newly
+        } else {
+            settled
         }
-        self.settle_cancelled(reason)
     }
 
     pub(crate) fn release_permit(&self) {
@@ -367,7 +373,9 @@ fn finish_run<T, E>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(TaskError::Failed(e)),
         Err(payload) => {
-            let msg = panic_message(&payload);
+            // `&*`: the payload inside the box, not the box itself as `Any`
+            // (which never downcasts to a string).
+            let msg = panic_message(&*payload);
             log::warn!(target: "tierpool::task", "task {} on {} panicked: {msg}", ctx.id(), ctx.tier());
             Err(TaskError::Panicked(msg))
         }

@@ -290,7 +290,9 @@ impl Shared {
     #[inline]
     fn plan(&self, core: &TaskCore, at: u64, phase: Phase) {
         core.set_watch(at, phase.code());
-        if at < self.planned.load(Ordering::SeqCst) && self.planned.fetch_min(at, Ordering::SeqCst) > at {
+        if at < self.planned.load(Ordering::SeqCst)
+            && self.planned.fetch_min(at, Ordering::SeqCst) > at
+        {
             let _g = self.state.lock();
             self.cv.notify_one();
         }
@@ -301,7 +303,8 @@ impl Shared {
     fn scan(&self) {
         self.planned.store(NEVER, Ordering::SeqCst);
         let now = self.nanos(self.clock.now());
-        let pools: Vec<Arc<PoolShared>> = self.pools.lock().iter().filter_map(Weak::upgrade).collect();
+        let pools: Vec<Arc<PoolShared>> =
+            self.pools.lock().iter().filter_map(Weak::upgrade).collect();
         let mut due = Vec::new();
         let mut next = NEVER;
         for pool in &pools {
@@ -320,7 +323,14 @@ impl Shared {
             let (Some(phase), Some(start)) = (Phase::from_code(phase), self.instant(start)) else {
                 continue;
             };
-            self.fire_phase(&core, phase, attempt, start, true);
+            // As for heap entries: a panic while firing (a log sink) must
+            // not kill the thread every timeout depends on.
+            let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.fire_phase(&core, phase, attempt, start, true)
+            }));
+            if fired.is_err() {
+                eprintln!("tierpool: the watchdog caught a panic while firing a deadline; it keeps running");
+            }
         }
     }
 
@@ -380,7 +390,10 @@ impl Shared {
                     if !due.is_empty() || scan {
                         break;
                     }
-                    let next = match (st.heap.peek().map(|Reverse(e)| e.at), self.planned_instant()) {
+                    let next = match (
+                        st.heap.peek().map(|Reverse(e)| e.at),
+                        self.planned_instant(),
+                    ) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
@@ -390,7 +403,12 @@ impl Shared {
             // Fire outside the lock: firing settles slots, logs and may
             // start threads.
             for e in due.drain(..) {
-                self.fire(e);
+                // A panic while firing (a log sink that panics, say) must
+                // not kill the one thread every timeout depends on.
+                let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fire(e)));
+                if fired.is_err() {
+                    eprintln!("tierpool: the watchdog caught a panic while firing a deadline; it keeps running");
+                }
             }
             if scan {
                 self.scan();
@@ -423,9 +441,17 @@ impl Shared {
     /// One phase of a task's life is due. `scanned`: it came from the scan
     /// of running tasks (follow-ups are planned the same way) rather than
     /// from the heap.
-    fn fire_phase(&self, core: &Arc<TaskCore>, phase: Phase, attempt: u32, start: Instant, scanned: bool) {
+    fn fire_phase(
+        &self,
+        core: &Arc<TaskCore>,
+        phase: Phase,
+        attempt: u32,
+        start: Instant,
+        scanned: bool,
+    ) {
         let e = Fired { attempt, start };
-        match phase {            Phase::QueueBudget => {
+        match phase {
+            Phase::QueueBudget => {
                 if core.discard(CancelReason::QueueExpired) {
                     log::info!(target: "tierpool::watchdog",
                         "task {} on {} expired in the queue (budget {:?})", core.id, core.tier, core.opts.queue_budget.unwrap_or_default());
@@ -452,19 +478,29 @@ impl Shared {
                 if core.state() != RUNNING || core.attempt() != e.attempt {
                     return;
                 }
-                core.current_token().cancel(CancelReason::Timeout);
-                if core.settle_cancelled(CancelReason::Timeout) {
-                    log::warn!(target: "tierpool::watchdog",
-                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
-                }
                 let grace = core
                     .pool
                     .upgrade()
                     .map_or(Duration::from_secs(1), |p| p.config.cancel_grace);
-                match self.clock.now().checked_add(grace) {
+                // Taken before settling: a caller that sees the timeout
+                // (its join returns) and then moves a manual clock must not
+                // push the zombie deadline later.
+                let at = self.clock.now().checked_add(grace);
+                // Settle before the token fires: a task woken by it returns
+                // `Err(Cancelled)` at once and must find its slot already
+                // cancelled (timeout), not win it as `Failed`.
+                let won = core.settle_cancelled(CancelReason::Timeout);
+                core.current_token().cancel(CancelReason::Timeout);
+                match at {
                     Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Zombie),
                     Some(at) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
                     None => {}
+                }
+                // Logged last: a log sink that fails must not leave the
+                // task uncancelled.
+                if won {
+                    log::warn!(target: "tierpool::watchdog",
+                        "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
                 }
             }
             Phase::Zombie => {

@@ -30,7 +30,7 @@ use crate::sync::{fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex,
 use crate::task::{Body, Job, TaskCore, TaskHandle, TaskOptions, Work};
 use crate::telemetry::TierCounters;
 use crate::watchdog::Watchdog;
-use config::TierConfig;
+use config::{TierConfig, MAX_WORKERS_LIMIT};
 
 const OPEN: u8 = 0;
 const DRAINING: u8 = 1;
@@ -98,7 +98,12 @@ impl PoolShared {
         watchdog: Arc<Watchdog>,
         probe: MemoryProbe,
     ) -> Arc<PoolShared> {
-        let bell_cap = (config.max_workers + config.max_zombie_replacements) * 4 + 64;
+        // `max_zombie_replacements` is not bounded by validation (any value
+        // is meaningful), but replacements never exceed the worker limit:
+        // clamp it, or a huge value overflows here (found by
+        // tests/bad_input_props.rs).
+        let replacements = config.max_zombie_replacements.min(MAX_WORKERS_LIMIT);
+        let bell_cap = (config.max_workers + replacements) * 4 + 64;
         let (bell_tx, bell_rx) = bounded(bell_cap);
         Arc::new_cyclic(|weak| PoolShared {
             queue: PriorityQueue::new(config.queue_capacity, config.starvation_limit),

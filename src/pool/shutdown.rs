@@ -16,7 +16,7 @@ use super::{PoolShared, DRAINING, OPEN, STOPPING};
 use crate::cancel::CancelReason;
 use crate::runtime::PhaseDeadline;
 use crate::sync::Ordering;
-use crate::task::{TaskId, Work};
+use crate::task::{TaskId, Work, ZOMBIE};
 
 /// What stopping one pool found.
 #[derive(Debug, Default, Clone)]
@@ -31,13 +31,17 @@ pub(crate) struct StopOutcome {
 impl PoolShared {
     /// Stop admitting; keep running what is queued. `false` if this pool
     /// was already shutting down.
-    pub(crate) fn begin_drain(&self) -> bool {
+    pub(crate) fn begin_drain(&self, grace: std::time::Duration) -> bool {
         let first = self
             .lifecycle
             .compare_exchange(OPEN, DRAINING, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
-        // A paused tier would never drain: shutdown overrides pause.
-        self.paused.store(false, Ordering::SeqCst);
+        // A paused tier would never drain: shutdown overrides pause, unless
+        // there is no grace at all (then nothing new starts, like Java's
+        // `shutdownNow`).
+        if !grace.is_zero() {
+            self.paused.store(false, Ordering::SeqCst);
+        }
         self.admission.notify_room();
         self.ring(self.live.load(Ordering::Acquire));
         first
@@ -113,15 +117,27 @@ impl PoolShared {
             t = self.threads_cv.wait_budget(t, deadline.budget(&self.clock));
         }
         // Whoever is still inside a task now ignored the shutdown cancel.
+        let mut newly = 0;
         for s in &t.slots {
             if let Some(core) = s.current.lock().as_ref() {
                 if core.mark_zombie(core.attempt()) {
                     self.counters.zombie();
                     self.counters.stopped_running();
+                    newly += 1;
+                    out.zombies.push(core.id);
+                } else if core.state() == ZOMBIE {
+                    // Declared by the watchdog already (during the grace
+                    // or earlier): still stuck, so still reported.
                     out.zombies.push(core.id);
                 }
             }
         }
+        // The same bookkeeping as `declare_zombie`: the thread stops
+        // counting as live, so when its task returns its `zombies -= 1`
+        // has something to subtract (it used to underflow and panic).
+        t.live -= newly;
+        t.zombies += newly;
+        self.live.store(t.live, Ordering::Release);
         let exited: Vec<_> = t.exited.drain(..).collect();
         let stuck = t.handles.len();
         drop(t);

@@ -245,22 +245,31 @@ impl PoolShared {
     }
 
     /// Puts a preempted restartable task back in its queue.
+    ///
+    /// Takes the job itself: it used to re-wrap the core in a new `Job`
+    /// and leave the old one to be dropped, and that `Drop` (invariant 2 in
+    /// `task.rs`) discarded the just re-queued task as cancelled (shutdown).
     fn restart(&self, job: Job) {
         let core = job.core.clone();
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN || !core.requeue() {
-            // Still DONE, so dropping the job does nothing more.
-            core.settle_cancelled(CancelReason::Preempted);
+        let level = core.opts.priority.index();
+        let mut requeued = false;
+        // Reserve first, so a full level never leaves the task QUEUED but
+        // outside the queue (its `Job` drop would then count it dequeued).
+        if self.lifecycle.load(Ordering::SeqCst) == super::OPEN && self.reserve(level) {
+            requeued = core.requeue();
+            if !requeued {
+                self.unreserve(level);
+            }
+        }
+        if !requeued {
+            if core.settle_cancelled(CancelReason::Preempted) {
+                log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
+            }
             core.release_permit();
             return;
         }
         self.counters.requeued();
-        let p = core.opts.priority;
-        if !self.reserve(p.index()) {
-            log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued (queue full)", self.name(), core.id);
-            core.discard(CancelReason::Preempted);
-            return;
-        }
-        self.push_reserved(p, Work::Task(job));
+        self.push_reserved(core.opts.priority, Work::Task(job));
         self.ring(1);
     }
 
