@@ -120,47 +120,46 @@ impl fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
-/// A shared, cheaply cloned cancellation flag with a reason.
-#[derive(Clone, Default)]
-pub(crate) struct CancelToken(Arc<TokenInner>);
-
+/// A cancellation flag with a reason, embedded in each task (no allocation
+/// of its own) and shared through [`CancelToken`] elsewhere.
 #[derive(Default)]
-struct TokenInner {
+pub(crate) struct TokenCell {
     /// 0 while live, else `CancelReason::code()`.
     reason: AtomicU8,
     lock: Mutex<()>,
     cv: Condvar,
 }
 
-impl CancelToken {
-    pub(crate) fn new() -> Self {
-        CancelToken::default()
-    }
-
+impl TokenCell {
     /// Cancels with `reason`; returns `true` if this call was the one that
     /// cancelled (invariant 1).
     pub(crate) fn cancel(&self, reason: CancelReason) -> bool {
         let won = self
-            .0
             .reason
             .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if won {
             // Invariant 2: publish, then notify under the lock.
-            let _g = self.0.lock.lock();
-            self.0.cv.notify_all();
+            let _g = self.lock.lock();
+            self.cv.notify_all();
         }
         won
     }
 
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.0.reason.load(Ordering::Acquire) != 0
+        self.reason.load(Ordering::Acquire) != 0
     }
 
     #[inline]
     pub(crate) fn reason(&self) -> Option<CancelReason> {
-        CancelReason::from_code(self.0.reason.load(Ordering::Acquire))
+        CancelReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Makes the token live again, for the next attempt of a task whose
+    /// previous run has returned (restart after preemption, retry).
+    pub(crate) fn reset(&self) {
+        self.reason.store(0, Ordering::Release);
     }
 
     /// Blocks until the token is cancelled (`Err`) or `deadline` passes on
@@ -170,7 +169,7 @@ impl CancelToken {
         clock: &Clock,
         deadline: Option<Instant>,
     ) -> Result<(), Cancelled> {
-        let mut g = self.0.lock.lock();
+        let mut g = self.lock.lock();
         loop {
             if let Some(r) = self.reason() {
                 return Err(Cancelled::new(r));
@@ -180,14 +179,32 @@ impl CancelToken {
                     return Ok(());
                 }
             }
-            g = self.0.cv.wait_budget(g, clock.wait_budget(deadline));
+            g = self.cv.wait_budget(g, clock.wait_budget(deadline));
         }
     }
 }
 
-impl fmt::Debug for CancelToken {
+impl fmt::Debug for TokenCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CancelToken").field(&self.reason()).finish()
+        f.debug_tuple("TokenCell").field(&self.reason()).finish()
+    }
+}
+
+/// A shared, cheaply cloned cancellation token (CPU batches).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct CancelToken(Arc<TokenCell>);
+
+impl CancelToken {
+    pub(crate) fn new() -> Self {
+        CancelToken::default()
+    }
+}
+
+impl std::ops::Deref for CancelToken {
+    type Target = TokenCell;
+
+    fn deref(&self) -> &TokenCell {
+        &self.0
     }
 }
 

@@ -155,20 +155,22 @@ pub(crate) trait Settle: Send + Sync {
     fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool;
     /// The terminal status, once settled.
     fn outcome(&self) -> Option<TaskStatus>;
+    /// Runs one attempt of the task's body (the worker, only).
+    fn run(&self, ctx: &crate::task::TaskContext) -> crate::task::RunEnd;
 }
 
-impl<T: Send, E: Send> Settle for Slot<T, E> {
-    fn settle_cancelled(&self, reason: CancelReason, counters: &TierCounters) -> bool {
+impl<T, E> Slot<T, E> {
+    pub(crate) fn settle_cancelled(&self, reason: CancelReason, counters: &TierCounters) -> bool {
         self.settle(Err(TaskError::Cancelled(reason)), counters)
             .is_ok()
     }
 
-    fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool {
+    pub(crate) fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool {
         self.settle(Err(TaskError::Panicked(message.to_string())), counters)
             .is_ok()
     }
 
-    fn outcome(&self) -> Option<TaskStatus> {
+    pub(crate) fn outcome(&self) -> Option<TaskStatus> {
         match &*self.state.lock() {
             SlotState::Pending => None,
             SlotState::Ready(r) => Some(status_of(r)),

@@ -31,7 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::admission::Permit;
-use crate::cancel::{CancelReason, CancelToken, Cancelled};
+use crate::cancel::{CancelReason, Cancelled, TokenCell};
 use crate::clock::Clock;
 use crate::error::TaskError;
 use crate::pool::PoolShared;
@@ -104,8 +104,11 @@ pub(crate) struct TaskOptions {
     pub(crate) restartable: bool,
 }
 
-/// The type-erased, shared part of a task.
-pub(crate) struct TaskCore {
+/// A task's shared state and, in its last field, its typed part (outcome
+/// slot and closure) — one allocation per task. The engine sees it as
+/// [`TaskCore`] (`S = dyn Settle`); a handle sees the same allocation as
+/// `TaskCoreOf<dyn TypedSlot<T, E>>`.
+pub(crate) struct TaskCoreOf<S: ?Sized> {
     pub(crate) id: TaskId,
     pub(crate) opts: TaskOptions,
     pub(crate) tier: &'static str,
@@ -120,24 +123,28 @@ pub(crate) struct TaskCore {
     watch_at: AtomicU64,
     watch_phase: AtomicU8,
     run_start: AtomicU64,
-    token: Mutex<CancelToken>,
-    pub(crate) slot: Arc<dyn Settle>,
+    token: TokenCell,
     permit: Mutex<Option<Permit>>,
     pub(crate) counters: Arc<TierCounters>,
     pub(crate) pool: Weak<PoolShared>,
+    /// The typed part: outcome slot and closure (see `Typed`).
+    pub(crate) slot: S,
 }
 
-impl TaskCore {
+/// The engine's view of a task.
+pub(crate) type TaskCore = TaskCoreOf<dyn Settle>;
+
+impl<S> TaskCoreOf<S> {
     pub(crate) fn new(
         opts: TaskOptions,
         tier: &'static str,
         submitted_at: Instant,
-        slot: Arc<dyn Settle>,
+        slot: S,
         permit: Permit,
         counters: Arc<TierCounters>,
         pool: Weak<PoolShared>,
     ) -> Self {
-        TaskCore {
+        TaskCoreOf {
             id: TaskId::next(),
             opts,
             tier,
@@ -147,25 +154,26 @@ impl TaskCore {
             watch_at: AtomicU64::new(u64::MAX),
             watch_phase: AtomicU8::new(0),
             run_start: AtomicU64::new(0),
-            token: Mutex::new(CancelToken::new()),
-            slot,
+            token: TokenCell::default(),
             permit: Mutex::new(Some(permit)),
             counters,
             pool,
+            slot,
         }
     }
+}
 
+impl<S: ?Sized + Settle> TaskCoreOf<S> {
     pub(crate) fn state(&self) -> u8 {
         self.state.load(Ordering::Acquire)
     }
 
-    /// QUEUED → RUNNING; returns the attempt number and its token.
-    pub(crate) fn start(&self) -> Option<(u32, CancelToken)> {
+    /// QUEUED → RUNNING; returns the attempt number.
+    pub(crate) fn start(&self) -> Option<u32> {
         self.state
             .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        let attempt = self.attempt.fetch_add(1, Ordering::AcqRel) + 1;
-        Some((attempt, self.token.lock().clone()))
+        Some(self.attempt.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     pub(crate) fn attempt(&self) -> u32 {
@@ -212,17 +220,19 @@ impl TaskCore {
     /// Puts a preempted restartable task back to QUEUED with a fresh token.
     /// Fails (and the caller settles it) if it was cancelled meanwhile.
     pub(crate) fn requeue(&self) -> bool {
-        let mut token = self.token.lock();
         if self.slot.outcome().is_some() {
             return false;
         }
-        *token = CancelToken::new();
+        // The previous run has returned: nobody reads the old reason.
+        self.token.reset();
         self.state.store(QUEUED, Ordering::Release);
         true
     }
 
-    pub(crate) fn current_token(&self) -> CancelToken {
-        self.token.lock().clone()
+    /// The current attempt's cancellation token.
+    #[inline]
+    pub(crate) fn token(&self) -> &TokenCell {
+        &self.token
     }
 
     /// QUEUED → DISCARDED, settling as cancelled (invariant 2). `true` if
@@ -246,6 +256,23 @@ impl TaskCore {
         self.slot.settle_cancelled(reason, &self.counters)
     }
 
+    pub(crate) fn release_permit(&self) {
+        let permit = self.permit.lock().take();
+        drop(permit);
+    }
+
+    pub(crate) fn status(&self) -> TaskStatus {
+        if let Some(s) = self.slot.outcome() {
+            return s;
+        }
+        match self.state() {
+            QUEUED => TaskStatus::Queued,
+            _ => TaskStatus::Running,
+        }
+    }
+}
+
+impl TaskCore {
     /// Cancels wherever the task is. A queued task is discarded now; a
     /// running one has its token cancelled and its slot settled, unless it
     /// is a restartable task being preempted (it will run again).
@@ -266,7 +293,7 @@ impl TaskCore {
         // `Err(Cancelled)` at once and must find its slot already cancelled,
         // not win it as `Failed` (the outcome would depend on a race).
         let settled = !restarts && self.settle_cancelled(reason);
-        let newly = self.current_token().cancel(reason);
+        let newly = self.token.cancel(reason);
         if newly {
             // It must now return within the tier's grace, or be a zombie.
             if let Some(pool) = &pool {
@@ -277,21 +304,6 @@ impl TaskCore {
             newly
         } else {
             settled
-        }
-    }
-
-    pub(crate) fn release_permit(&self) {
-        let permit = self.permit.lock().take();
-        drop(permit);
-    }
-
-    pub(crate) fn status(&self) -> TaskStatus {
-        if let Some(s) = self.slot.outcome() {
-            return s;
-        }
-        match self.state() {
-            QUEUED => TaskStatus::Queued,
-            _ => TaskStatus::Running,
         }
     }
 }
@@ -309,8 +321,6 @@ pub(crate) enum RunEnd {
     RetryAfter(Duration),
 }
 
-pub(crate) type Body = Box<dyn FnMut(&TaskContext) -> RunEnd + Send>;
-
 /// What travels through a tier's queue.
 pub(crate) enum Work {
     Task(Job),
@@ -319,9 +329,9 @@ pub(crate) enum Work {
     Poison,
 }
 
+/// A queued task. Its closure lives in the core (one allocation).
 pub(crate) struct Job {
     pub(crate) core: Arc<TaskCore>,
-    pub(crate) body: Body,
 }
 
 impl Drop for Job {
@@ -332,36 +342,100 @@ impl Drop for Job {
     }
 }
 
-/// Builds the erased body for a run-once closure.
-pub(crate) fn once_body<T, E, F>(f: F, slot: Arc<Slot<T, E>>) -> Body
+/// The typed part of a task: its outcome slot and its body (the closure,
+/// wrapped by the layer that submitted it). `Option` so the closure and
+/// what it captured are freed as soon as the task has an outcome.
+pub(crate) struct Typed<T, E, B> {
+    pub(crate) slot: Slot<T, E>,
+    body: Mutex<Option<B>>,
+}
+
+impl<T, E, B> Typed<T, E, B> {
+    pub(crate) fn new(body: B) -> Self {
+        Typed {
+            slot: Slot::new(),
+            body: Mutex::new(Some(body)),
+        }
+    }
+}
+
+/// A body: runs one attempt of the task, settling `slot` or saying why not.
+pub(crate) trait Body<T, E>:
+    FnMut(&TaskContext, &Slot<T, E>) -> RunEnd + Send + 'static
+{
+}
+
+impl<T, E, B> Body<T, E> for B where B: FnMut(&TaskContext, &Slot<T, E>) -> RunEnd + Send + 'static {}
+
+/// A handle's view of the typed part.
+pub(crate) trait TypedSlot<T, E>: Send + Sync {
+    fn slot(&self) -> &Slot<T, E>;
+}
+
+impl<T: Send, E: Send, B: Body<T, E>> TypedSlot<T, E> for Typed<T, E, B> {
+    fn slot(&self) -> &Slot<T, E> {
+        &self.slot
+    }
+}
+
+impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
+    fn settle_cancelled(&self, reason: CancelReason, counters: &TierCounters) -> bool {
+        self.slot.settle_cancelled(reason, counters)
+    }
+
+    fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool {
+        self.slot.settle_panicked(message, counters)
+    }
+
+    fn outcome(&self) -> Option<TaskStatus> {
+        self.slot.outcome()
+    }
+
+    fn run(&self, ctx: &TaskContext) -> RunEnd {
+        // Only the worker running the task takes this lock.
+        let mut body = self.body.lock();
+        let end = match body.as_mut() {
+            Some(b) => b(ctx, &self.slot),
+            None => RunEnd::Late,
+        };
+        if matches!(end, RunEnd::Settled | RunEnd::Late) {
+            let done = body.take();
+            drop(body);
+            drop(done);
+        }
+        end
+    }
+}
+
+/// The body of a run-once closure.
+pub(crate) fn once_body<T, E, F>(f: F) -> impl Body<T, E>
 where
     F: FnOnce(&TaskContext) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: Send + 'static,
 {
     let mut f = Some(f);
-    Box::new(move |ctx| match f.take() {
-        Some(f) => finish_run(&slot, catch_unwind(AssertUnwindSafe(|| f(ctx))), ctx),
+    move |ctx: &TaskContext, slot: &Slot<T, E>| match f.take() {
+        Some(f) => finish_run(slot, catch_unwind(AssertUnwindSafe(|| f(ctx))), ctx),
         None => RunEnd::Late,
-    })
+    }
 }
 
-/// Builds the erased body for a closure that may run again after
-/// preemption.
-pub(crate) fn restartable_body<T, E, F>(mut f: F, slot: Arc<Slot<T, E>>) -> Body
+/// The body of a closure that may run again after preemption.
+pub(crate) fn restartable_body<T, E, F>(mut f: F) -> impl Body<T, E>
 where
     F: FnMut(&TaskContext) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: Send + 'static,
 {
-    Box::new(move |ctx| {
+    move |ctx: &TaskContext, slot: &Slot<T, E>| {
         let r = catch_unwind(AssertUnwindSafe(|| f(ctx)));
         let preempted = ctx.cancel_reason() == Some(CancelReason::Preempted);
         if preempted && !matches!(r, Ok(Ok(_))) {
             return RunEnd::Restart;
         }
-        finish_run(&slot, r, ctx)
-    })
+        finish_run(slot, r, ctx)
+    }
 }
 
 fn finish_run<T, E>(
@@ -419,7 +493,6 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// ```
 pub struct TaskContext {
     core: Arc<TaskCore>,
-    token: CancelToken,
     deadline: Option<Instant>,
     clock: Clock,
     attempt: u32,
@@ -428,14 +501,12 @@ pub struct TaskContext {
 impl TaskContext {
     pub(crate) fn new(
         core: Arc<TaskCore>,
-        token: CancelToken,
         deadline: Option<Instant>,
         clock: Clock,
         attempt: u32,
     ) -> Self {
         TaskContext {
             core,
-            token,
             deadline,
             clock,
             attempt,
@@ -470,19 +541,19 @@ impl TaskContext {
     /// Whether the task has been asked to stop.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.core.token().is_cancelled()
     }
 
     /// Why it was asked to stop, if it was.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        self.token.reason()
+        self.core.token().reason()
     }
 
     /// `Err(Cancelled)` once the task has been asked to stop: call it
     /// between steps and return with `?`.
     #[inline]
     pub fn checkpoint(&self) -> Result<(), Cancelled> {
-        match self.token.reason() {
+        match self.core.token().reason() {
             None => Ok(()),
             Some(r) => Err(Cancelled::new(r)),
         }
@@ -525,13 +596,13 @@ impl TaskContext {
     /// the task is cancelled. Use it instead of `thread::sleep` in tasks.
     pub fn sleep(&self, d: Duration) -> Result<(), Cancelled> {
         let until = self.clock.deadline_after(d);
-        self.token.wait_until(&self.clock, until)
+        self.core.token().wait_until(&self.clock, until)
     }
 
     /// Sleeps until `at` on the runtime's clock, waking early (with `Err`)
     /// if the task is cancelled.
     pub fn sleep_until(&self, at: Instant) -> Result<(), Cancelled> {
-        self.token.wait_until(&self.clock, Some(at))
+        self.core.token().wait_until(&self.clock, Some(at))
     }
 }
 
@@ -564,13 +635,21 @@ impl fmt::Debug for TaskContext {
 /// ```
 pub struct TaskHandle<T, E> {
     core: Arc<TaskCore>,
-    slot: Arc<Slot<T, E>>,
+    /// The same allocation as `core`, seen with its typed slot.
+    typed: TypedCore<T, E>,
     clock: Clock,
 }
 
+/// A task seen with its typed outcome slot.
+pub(crate) type TypedCore<T, E> = Arc<TaskCoreOf<dyn TypedSlot<T, E>>>;
+
 impl<T, E> TaskHandle<T, E> {
-    pub(crate) fn new(core: Arc<TaskCore>, slot: Arc<Slot<T, E>>, clock: Clock) -> Self {
-        TaskHandle { core, slot, clock }
+    pub(crate) fn new(core: Arc<TaskCore>, typed: TypedCore<T, E>, clock: Clock) -> Self {
+        TaskHandle { core, typed, clock }
+    }
+
+    fn slot(&self) -> &Slot<T, E> {
+        self.typed.slot.slot()
     }
 
     /// The task's id.
@@ -578,22 +657,22 @@ impl<T, E> TaskHandle<T, E> {
         self.core.id
     }
 
-    pub(crate) fn into_parts(self) -> (Arc<TaskCore>, Arc<Slot<T, E>>) {
-        (self.core, self.slot)
+    pub(crate) fn into_parts(self) -> (Arc<TaskCore>, TypedCore<T, E>) {
+        (self.core, self.typed)
     }
 
     /// Waits for the outcome. With a timeout set, this returns by the
     /// task's deadline (plus the watchdog's reaction time) even if the task
     /// ignores cancellation.
     pub fn join(self) -> TaskResult<T, E> {
-        self.slot.take_wait()
+        self.slot().take_wait()
     }
 
     /// Waits up to `d` (on the runtime's clock) for the outcome; hands the
     /// handle back if it is not there yet.
     pub fn join_timeout(self, d: Duration) -> Result<TaskResult<T, E>, Self> {
         let deadline = self.clock.deadline_after(d);
-        match self.slot.take_until(&self.clock, deadline) {
+        match self.slot().take_until(&self.clock, deadline) {
             Some(r) => Ok(r),
             None => Err(self),
         }
@@ -603,7 +682,7 @@ impl<T, E> TaskHandle<T, E> {
     /// handle back.
     pub fn try_result(self) -> Result<TaskResult<T, E>, Self> {
         let now = self.clock.now();
-        match self.slot.take_until(&self.clock, Some(now)) {
+        match self.slot().take_until(&self.clock, Some(now)) {
             Some(r) => Ok(r),
             None => Err(self),
         }

@@ -9,7 +9,6 @@ use crate::error::{RejectReason, SubmitError};
 use crate::pool::config::TierConfig;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
-use crate::slot::Slot;
 use crate::stats::TierStats;
 use crate::sync::Arc;
 use crate::task::{once_body, restartable_body, Body, TaskContext, TaskHandle, TaskOptions};
@@ -145,16 +144,17 @@ impl Tier {
         self.pool.inject_worker_panic()
     }
 
-    fn submit_with<T, E, F>(
+    fn submit_with<T, E, F, B>(
         &self,
         opts: TaskOptions,
         f: F,
-        make_body: fn(F, Arc<Slot<T, E>>) -> Body,
+        make_body: impl Fn(F) -> B + Copy,
         wait: Option<Duration>,
     ) -> Result<TaskHandle<T, E>, SubmitError<F>>
     where
         T: Send + 'static,
         E: Send + 'static,
+        B: Body<T, E>,
     {
         let pool = &self.pool;
         // A blocking submitter announces itself before its first try, so

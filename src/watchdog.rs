@@ -490,7 +490,7 @@ impl Shared {
                 // `Err(Cancelled)` at once and must find its slot already
                 // cancelled (timeout), not win it as `Failed`.
                 let won = core.settle_cancelled(CancelReason::Timeout);
-                core.current_token().cancel(CancelReason::Timeout);
+                core.token().cancel(CancelReason::Timeout);
                 match at {
                     Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Zombie),
                     Some(at) => self.push(at, Phase::Zombie, core, e.attempt, e.start),

@@ -43,9 +43,11 @@ use crate::clock::Clock;
 use crate::error::{SubmitError, TaskError};
 use crate::priority::Priority;
 use crate::resilience::{RetryDecision, RetryPolicy, SeedRng};
-use crate::slot::{Settle, Slot, TaskResult};
+use crate::slot::{Slot, TaskResult};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
-use crate::task::{panic_message, Body, RunEnd, TaskContext, TaskCore, TaskId, TaskStatus};
+use crate::task::{
+    panic_message, Body, RunEnd, TaskContext, TaskCore, TaskId, TaskStatus, TypedCore,
+};
 use crate::telemetry::TierCounters;
 use crate::tier::Tier;
 use cache::{Lookup, ResultCache};
@@ -72,8 +74,8 @@ impl Default for AnalysisConfig {
 }
 
 struct InFlight {
-    slot: Arc<dyn Any + Send + Sync>,
-    settle: Arc<dyn Settle>,
+    /// A `TypedCore<T, E>`, for joiners of the same types.
+    typed: Box<dyn Any + Send + Sync>,
     core: Arc<TaskCore>,
     attempts: Arc<AtomicU32>,
 }
@@ -331,12 +333,12 @@ impl<F> AnalysisRequest<'_, F> {
             });
         }
         if let Some(entry) = inflight.get(&key) {
-            if entry.settle.outcome().is_none() {
-                if let Ok(slot) = entry.slot.clone().downcast::<Slot<T, E>>() {
+            if entry.core.slot.outcome().is_none() {
+                if let Some(typed) = entry.typed.downcast_ref::<TypedCore<T, E>>() {
                     kind.joined();
                     return Ok(AnalysisHandle {
                         state: HandleState::Shared {
-                            slot,
+                            typed: typed.clone(),
                             core: entry.core.clone(),
                         },
                         attempts: entry.attempts.clone(),
@@ -382,10 +384,8 @@ impl<F> AnalysisRequest<'_, F> {
             opts.timeout = self.timeout;
         }
         let pool = &a.tier.pool;
-        let submitted = pool.submit(opts, self.f, move |f, slot: Arc<Slot<T, E>>| {
-            run.into_body(f, slot)
-        });
-        let (core, slot) = match submitted {
+        let submitted = pool.submit(opts, self.f, move |f| run.into_body::<T, E>(f));
+        let (core, typed) = match submitted {
             Ok(h) => h.into_parts(),
             Err(e) => {
                 kind.rejected();
@@ -397,15 +397,14 @@ impl<F> AnalysisRequest<'_, F> {
             map.insert(
                 key,
                 InFlight {
-                    slot: slot.clone(),
-                    settle: slot.clone(),
+                    typed: Box::new(typed.clone()),
                     core: core.clone(),
                     attempts: attempts.clone(),
                 },
             );
         }
         Ok(AnalysisHandle {
-            state: HandleState::Shared { slot, core },
+            state: HandleState::Shared { typed, core },
             attempts,
             source: Source::Computed,
             clock: a.clock.clone(),
@@ -427,14 +426,14 @@ struct Run<F> {
 }
 
 impl<F: Send + 'static> Run<F> {
-    fn into_body<T, E>(mut self, f: F, slot: Arc<Slot<T, E>>) -> Body
+    fn into_body<T, E>(mut self, f: F) -> impl Body<T, E>
     where
         F: Fn(&TaskContext) -> Result<T, E> + Send + Sync + 'static,
         T: Clone + Send + Sync + 'static,
         E: Clone + Send + 'static,
     {
         self.f = Some(f);
-        Box::new(move |ctx| self.attempt(ctx, &slot))
+        move |ctx: &TaskContext, slot: &Slot<T, E>| self.attempt(ctx, slot)
     }
 
     fn attempt<T, E>(&mut self, ctx: &TaskContext, slot: &Slot<T, E>) -> RunEnd
@@ -530,7 +529,7 @@ enum HandleState<T, E> {
     /// A cache hit.
     Ready(TaskResult<T, E>),
     Shared {
-        slot: Arc<Slot<T, E>>,
+        typed: TypedCore<T, E>,
         core: Arc<TaskCore>,
     },
 }
@@ -550,8 +549,8 @@ impl<T: Clone, E: Clone> AnalysisHandle<T, E> {
     pub fn join(self) -> TaskResult<T, E> {
         match self.state {
             HandleState::Ready(r) => r,
-            HandleState::Shared { slot, .. } => loop {
-                if let Some(r) = slot.clone_until(&self.clock, None) {
+            HandleState::Shared { typed, .. } => loop {
+                if let Some(r) = typed.slot.slot().clone_until(&self.clock, None) {
                     return r;
                 }
             },
@@ -573,10 +572,12 @@ impl<T: Clone, E: Clone> AnalysisHandle<T, E> {
     fn wait_until(self, deadline: Option<Instant>) -> Result<TaskResult<T, E>, Self> {
         match &self.state {
             HandleState::Ready(_) => Ok(self.join()),
-            HandleState::Shared { slot, .. } => match slot.clone_until(&self.clock, deadline) {
-                Some(r) => Ok(r),
-                None => Err(self),
-            },
+            HandleState::Shared { typed, .. } => {
+                match typed.slot.slot().clone_until(&self.clock, deadline) {
+                    Some(r) => Ok(r),
+                    None => Err(self),
+                }
+            }
         }
     }
 }

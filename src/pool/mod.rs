@@ -24,10 +24,11 @@ use crate::error::{RejectReason, SubmitError};
 use crate::memory::{MemoryGate, MemoryProbe};
 use crate::priority::Priority;
 use crate::queue::PriorityQueue;
-use crate::slot::Slot;
 use crate::stats::TierStats;
 use crate::sync::{fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Weak};
-use crate::task::{Body, Job, TaskCore, TaskHandle, TaskOptions, Work};
+use crate::task::{
+    Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work,
+};
 use crate::telemetry::TierCounters;
 use crate::watchdog::Watchdog;
 use config::{TierConfig, MAX_WORKERS_LIMIT};
@@ -161,15 +162,16 @@ impl PoolShared {
     /// blocks.
     /// Rejections are not counted here: a blocking submit retries, and
     /// only its final answer counts (see `Tier`).
-    pub(crate) fn submit<T, E, F>(
+    pub(crate) fn submit<T, E, F, B>(
         self: &Arc<Self>,
         opts: TaskOptions,
         f: F,
-        make_body: impl FnOnce(F, Arc<Slot<T, E>>) -> Body,
+        make_body: impl FnOnce(F) -> B,
     ) -> Result<TaskHandle<T, E>, SubmitError<F>>
     where
         T: Send + 'static,
         E: Send + 'static,
+        B: Body<T, E>,
     {
         // Announce ourselves before looking at the lifecycle, so shutdown
         // can wait for us to finish pushing (none stranded).
@@ -179,15 +181,16 @@ impl PoolShared {
         r
     }
 
-    fn admit<T, E, F>(
+    fn admit<T, E, F, B>(
         self: &Arc<Self>,
         opts: TaskOptions,
         f: F,
-        make_body: impl FnOnce(F, Arc<Slot<T, E>>) -> Body,
+        make_body: impl FnOnce(F) -> B,
     ) -> Result<TaskHandle<T, E>, SubmitError<F>>
     where
         T: Send + 'static,
         E: Send + 'static,
+        B: Body<T, E>,
     {
         if self.lifecycle.load(Ordering::SeqCst) != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
@@ -208,21 +211,20 @@ impl PoolShared {
         };
         let priority = opts.priority;
         let queue_budget = opts.queue_budget;
-        let slot = Arc::new(Slot::<T, E>::new());
         let submitted_at = self.clock.now();
-        let core = Arc::new(TaskCore::new(
+        // One allocation: the core with the slot and the closure in it.
+        let typed = Arc::new(TaskCoreOf::new(
             opts,
             self.name(),
             submitted_at,
-            slot.clone(),
+            Typed::new(make_body(f)),
             permit,
             self.counters.clone(),
             self.self_weak.clone(),
         ));
-        let job = Job {
-            core: core.clone(),
-            body: make_body(f, slot.clone()),
-        };
+        let core: Arc<TaskCore> = typed.clone();
+        let typed: TypedCore<T, E> = typed;
+        let job = Job { core: core.clone() };
         self.counters.submitted();
         self.push_reserved(priority, Work::Task(job));
         if let Some(at) = queue_budget.and_then(|b| submitted_at.checked_add(b)) {
@@ -232,7 +234,7 @@ impl PoolShared {
         if priority == Priority::Critical && self.config.preemption {
             self.maybe_preempt();
         }
-        Ok(TaskHandle::new(core, slot, self.clock.clone()))
+        Ok(TaskHandle::new(core, typed, self.clock.clone()))
     }
 
     /// Reserves a place at `level` (see `reserved`), within the level's
@@ -355,7 +357,7 @@ impl PoolShared {
                 .filter(|c| {
                     c.opts.preemptible
                         && c.opts.priority < Priority::Critical
-                        && !c.current_token().is_cancelled()
+                        && !c.token().is_cancelled()
                 })
                 .min_by_key(|c| c.opts.priority)
         };

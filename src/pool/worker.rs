@@ -32,6 +32,8 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
     // `wait_for_work`): a clock read per idle spell is measurable when tiny
     // tasks keep a worker hopping between busy and idle.
     let mut idle_since = None;
+    // The end of the task just run, while the worker stays busy.
+    let mut last_end = None;
     loop {
         // BUSY: take work while there is any.
         if let Some((level, work)) = pool.next_work() {
@@ -39,7 +41,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             match work {
                 Work::Poison => panic!("tierpool: injected worker fault (test hook)"),
                 Work::Task(job) => {
-                    if pool.run_job(job, &slot, level) == After::Retire {
+                    if pool.run_job(job, &slot, level, &mut last_end) == After::Retire {
                         guard.disarm();
                         return;
                     }
@@ -49,6 +51,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         }
         // IDLE: announce, look once more (the submitter may have missed
         // us), then block.
+        last_end = None;
         if !slot.idle.load(Ordering::Relaxed) {
             slot.idle.store(true, Ordering::Relaxed);
             pool.idle.fetch_add(1, Ordering::SeqCst);
@@ -170,9 +173,15 @@ impl PoolShared {
         self.forget_thread(&mut t, slot.index);
     }
 
-    fn run_job(&self, job: Job, slot: &WorkerSlot, level: usize) -> After {
+    fn run_job(
+        &self,
+        job: Job,
+        slot: &WorkerSlot,
+        level: usize,
+        now: &mut Option<Instant>,
+    ) -> After {
         let unreserved = self.config.reserved_slots > 0 && level >= Priority::Normal.index();
-        let after = self.run_started(job, slot);
+        let after = self.run_started(job, slot, now);
         if unreserved {
             self.running_unreserved.fetch_sub(1, Ordering::AcqRel);
             if self.queue.has_waiting([false, false, true, true]) {
@@ -182,12 +191,15 @@ impl PoolShared {
         after
     }
 
-    fn run_started(&self, mut job: Job, slot: &WorkerSlot) -> After {
+    fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<Instant>) -> After {
         let core = job.core.clone();
-        let Some((attempt, token)) = core.start() else {
+        let Some(attempt) = core.start() else {
             return After::Continue; // discarded while queued
         };
-        let start = self.clock.now();
+        // A worker going straight from one task to the next reuses the
+        // previous task's end as this one's start: one clock read per task
+        // saved on the hot path (the gap is one pick).
+        let start = now.take().unwrap_or_else(|| self.clock.now());
         // Queue wait is submit → first start; a restart or retry waited
         // for other reasons (preemption, backoff).
         let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
@@ -195,7 +207,7 @@ impl PoolShared {
         *slot.current.lock() = Some(core.clone());
         if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
             // Taken just as shutdown began: it never really starts.
-            token.cancel(CancelReason::Shutdown);
+            core.token().cancel(CancelReason::Shutdown);
             if core.settle_cancelled(CancelReason::Shutdown) {
                 self.cancelled_at_stop.fetch_add(1, Ordering::AcqRel);
             }
@@ -205,15 +217,16 @@ impl PoolShared {
             self.watchdog.watch_run(&core, start);
         }
         let deadline = core.opts.timeout.and_then(|t| start.checked_add(t));
-        let ctx = TaskContext::new(core.clone(), token, deadline, self.clock.clone(), attempt);
+        let ctx = TaskContext::new(core.clone(), deadline, self.clock.clone(), attempt);
         let end = if ctx.is_cancelled() && core.slot.outcome().is_some() {
             RunEnd::Late
         } else {
-            (job.body)(&ctx)
+            core.slot.run(&ctx)
         };
         drop(ctx);
-        self.counters
-            .ran(self.clock.now().saturating_duration_since(start));
+        let finished = self.clock.now();
+        *now = Some(finished);
+        self.counters.ran(finished.saturating_duration_since(start));
         // No deadline left over for a later attempt to inherit.
         core.set_watch(u64::MAX, 0);
         *slot.current.lock() = None;
