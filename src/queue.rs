@@ -88,19 +88,21 @@ impl PriorityQueue {
         })
     }
 
-    /// Takes the next work item by the pick rule. `allowed` is read and
-    /// `on_pick` run under the pick lock, so admission rules that depend
-    /// on what is running (reserved slots) see no race between pickers.
+    /// Takes the next work item by the pick rule. `waiting` says which
+    /// levels hold work (the pool's per-level counts: four relaxed loads,
+    /// cheaper than asking the channels); `allowed` is read and `on_pick`
+    /// run under the pick lock, so admission rules that depend on what is
+    /// running (reserved slots) see no race between pickers.
     pub(crate) fn pick(
         &self,
+        waiting: [bool; 4],
         allowed: impl FnOnce() -> [bool; 4],
         on_pick: impl FnOnce(usize),
     ) -> Option<(usize, Work)> {
-        let mut picker = self.picker.lock();
-        let waiting = [0, 1, 2, 3].map(|l| !self.rx[l].is_empty());
         if !waiting.contains(&true) {
             return None;
         }
+        let mut picker = self.picker.lock();
         let level = picker.choose(waiting, allowed())?;
         let w = self.rx[level].try_recv().ok()?;
         on_pick(level);

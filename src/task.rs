@@ -493,21 +493,16 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// ```
 pub struct TaskContext {
     core: Arc<TaskCore>,
-    deadline: Option<Instant>,
+    started: Instant,
     clock: Clock,
     attempt: u32,
 }
 
 impl TaskContext {
-    pub(crate) fn new(
-        core: Arc<TaskCore>,
-        deadline: Option<Instant>,
-        clock: Clock,
-        attempt: u32,
-    ) -> Self {
+    pub(crate) fn new(core: Arc<TaskCore>, started: Instant, clock: Clock, attempt: u32) -> Self {
         TaskContext {
             core,
-            deadline,
+            started,
             clock,
             attempt,
         }
@@ -561,12 +556,12 @@ impl TaskContext {
 
     /// When the task will be timed out, if it has a timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        self.started.checked_add(self.core.opts.timeout?)
     }
 
     /// Time left before the timeout (zero once past it).
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline
+        self.deadline()
             .map(|d| d.saturating_duration_since(self.clock.now()))
     }
 

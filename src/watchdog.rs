@@ -204,8 +204,17 @@ impl Watchdog {
     #[inline]
     pub(crate) fn watch_run(&self, core: &TaskCore, start: Instant) {
         let o = &core.opts;
-        let warn = o.warn_after.and_then(|w| start.checked_add(w));
-        let timeout = o.timeout.and_then(|t| start.checked_add(t));
+        // Integer nanoseconds from here on: cheaper than `Instant`
+        // arithmetic, which is measurable at millions of tasks a second.
+        let start_n = self.shared.nanos(start);
+        let after = |d: Option<Duration>| {
+            d.map(|d| {
+                start_n
+                    .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(NEVER))
+                    .min(NEVER - 1)
+            })
+        };
+        let (warn, timeout) = (after(o.warn_after), after(o.timeout));
         // A per-task timeout may come before the tier's warning: then the
         // warning is skipped rather than delaying the timeout.
         let next = match (warn, timeout) {
@@ -214,9 +223,9 @@ impl Watchdog {
             (Some(w), None) => Some((w, Phase::Warn)),
             (None, None) => None,
         };
-        core.set_run_start(self.shared.nanos(start));
+        core.set_run_start(start_n);
         match next {
-            Some((at, phase)) => self.shared.plan(core, self.shared.nanos(at), phase),
+            Some((at, phase)) => self.shared.plan(core, at, phase),
             None => core.set_watch(NEVER, 0),
         }
     }

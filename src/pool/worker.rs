@@ -94,7 +94,11 @@ impl PoolShared {
     }
 
     fn next_work(&self) -> Option<(usize, Work)> {
+        // A reserved place may not be pushed yet: then the pick comes back
+        // empty and the worker looks again before it sleeps.
+        let waiting = [0, 1, 2, 3].map(|l| self.reserved[l].load(Ordering::Acquire) > 0);
         let picked = self.queue.pick(
+            waiting,
             || self.allowed_levels(),
             |level| {
                 if self.config.reserved_slots > 0 && level >= Priority::Normal.index() {
@@ -216,8 +220,7 @@ impl PoolShared {
             // there (see watchdog.rs, "Why no deadline is missed").
             self.watchdog.watch_run(&core, start);
         }
-        let deadline = core.opts.timeout.and_then(|t| start.checked_add(t));
-        let ctx = TaskContext::new(core.clone(), deadline, self.clock.clone(), attempt);
+        let ctx = TaskContext::new(core.clone(), start, self.clock.clone(), attempt);
         let end = if ctx.is_cancelled() && core.slot.outcome().is_some() {
             RunEnd::Late
         } else {
