@@ -46,7 +46,8 @@ pub(crate) struct Admission {
 
 /// One unit of in-flight capacity; returned on drop.
 pub(crate) struct Permit {
-    admission: Arc<Admission>,
+    /// `None` when the tier has no limits: nothing to give back.
+    admission: Option<Arc<Admission>>,
     user: Option<Arc<str>>,
 }
 
@@ -64,8 +65,16 @@ impl Admission {
         }
     }
 
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+    /// Tasks in flight, when a limit makes it worth counting them (the
+    /// count is two shared atomic updates per task; without limits the pool
+    /// derives it from queued + running instead).
+    pub(crate) fn in_flight(&self) -> Option<usize> {
+        self.limited()
+            .then(|| self.in_flight.load(Ordering::Acquire))
+    }
+
+    fn limited(&self) -> bool {
+        self.max_in_flight.is_some() || self.per_user_limit.is_some()
     }
 
     #[cfg(test)]
@@ -78,6 +87,12 @@ impl Admission {
         self: &Arc<Self>,
         user: Option<&Arc<str>>,
     ) -> Result<Permit, RejectReason> {
+        if !self.limited() {
+            return Ok(Permit {
+                admission: None,
+                user: None,
+            });
+        }
         let limit = self.max_in_flight.unwrap_or(usize::MAX);
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -101,7 +116,7 @@ impl Admission {
             *n += 1;
         }
         Ok(Permit {
-            admission: self.clone(),
+            admission: Some(self.clone()),
             user: if self.per_user_limit.is_some() {
                 user.cloned()
             } else {
@@ -173,18 +188,21 @@ impl Drop for RoomWaiter<'_> {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
         let mut user_was_full = false;
         if let Some(user) = self.user.take() {
-            let mut users = self.admission.users.lock();
+            let mut users = admission.users.lock();
             if let Some(n) = users.get_mut(&user) {
-                user_was_full = self.admission.per_user_limit.is_some_and(|l| *n >= l);
+                user_was_full = admission.per_user_limit.is_some_and(|l| *n >= l);
                 *n -= 1;
                 if *n == 0 {
                     users.remove(&user);
                 }
             }
         }
-        self.admission.release_global(user_was_full);
+        admission.release_global(user_was_full);
     }
 }
 
@@ -204,7 +222,7 @@ mod tests {
             Err(RejectReason::UserLimit { limit: 2, .. })
         ));
         // The failed user attempt must not leak a global permit.
-        assert_eq!(a.in_flight(), 2);
+        assert_eq!(a.in_flight(), Some(2));
         let _p3 = a.try_acquire(Some(&u2)).unwrap();
         assert!(matches!(
             a.try_acquire(None),
@@ -221,7 +239,7 @@ mod tests {
         let u: Arc<str> = Arc::from("");
         drop(a.try_acquire(Some(&u)).unwrap());
         assert!(a.users.lock().is_empty());
-        assert_eq!(a.in_flight(), 0);
+        assert_eq!(a.in_flight(), Some(0));
     }
 
     mod props {
@@ -280,7 +298,9 @@ mod tests {
                         }
                         Op::Release(_) => {}
                     }
-                    prop_assert_eq!(a.in_flight(), held.len());
+                    // Counted only when there is a limit to count against.
+                    let expected = (global.is_some() || per_user.is_some()).then_some(held.len());
+                    prop_assert_eq!(a.in_flight(), expected);
                     for (u, name) in users.iter().enumerate() {
                         let n = held.iter().filter(|(h, _)| *h == Some(u as u8)).count();
                         let counted = if per_user.is_some() { n } else { 0 };
@@ -288,7 +308,7 @@ mod tests {
                     }
                 }
                 drop(held);
-                prop_assert_eq!(a.in_flight(), 0);
+                prop_assert_eq!(a.in_flight().unwrap_or(0), 0);
                 prop_assert!(a.users.lock().is_empty());
             }
         }

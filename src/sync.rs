@@ -72,3 +72,19 @@ impl Condvar {
         self.0.notify_one();
     }
 }
+
+/// Keeps a value on a cache line of its own (two, on CPUs that fetch
+/// lines in pairs), so atomics written by different threads at the same
+/// moments do not bounce one line between cores.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

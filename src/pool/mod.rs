@@ -25,7 +25,9 @@ use crate::memory::{MemoryGate, MemoryProbe};
 use crate::priority::Priority;
 use crate::queue::PriorityQueue;
 use crate::stats::TierStats;
-use crate::sync::{fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Weak};
+use crate::sync::{
+    fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Padded, Weak,
+};
 use crate::task::{
     Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work,
 };
@@ -72,20 +74,21 @@ pub(crate) struct PoolShared {
     threads_cv: Condvar,
     /// Workers blocked (or about to block) waiting for work; a new thread
     /// counts as idle from birth, so a burst does not spawn one per task.
-    idle: AtomicUsize,
+    idle: Padded<AtomicUsize>,
     live: AtomicUsize,
     /// Normal/low tasks running, against `max_workers - reserved_slots`.
     running_unreserved: AtomicUsize,
     /// Per-level reservations: a push is only made into a reserved place,
     /// so it can never fail after the closure is boxed.
-    reserved: [AtomicUsize; 4],
-    reserved_total: AtomicUsize,
+    reserved: Padded<[AtomicUsize; 4]>,
+    /// Only kept when `max_queued` is set.
+    reserved_total: Padded<AtomicUsize>,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
     lifecycle: AtomicU8,
     paused: AtomicBool,
     /// Submitters between their lifecycle check and their push.
-    submitting: AtomicUsize,
+    submitting: Padded<AtomicUsize>,
     drain_lock: Mutex<()>,
     drain_cv: Condvar,
     cancelled_at_stop: AtomicUsize,
@@ -123,16 +126,16 @@ impl PoolShared {
                 spawned: 0,
             }),
             threads_cv: Condvar::new(),
-            idle: AtomicUsize::new(0),
+            idle: Padded(AtomicUsize::new(0)),
             live: AtomicUsize::new(0),
             running_unreserved: AtomicUsize::new(0),
             reserved: Default::default(),
-            reserved_total: AtomicUsize::new(0),
+            reserved_total: Padded(AtomicUsize::new(0)),
             bell_tx,
             bell_rx,
             lifecycle: AtomicU8::new(OPEN),
             paused: AtomicBool::new(false),
-            submitting: AtomicUsize::new(0),
+            submitting: Padded(AtomicUsize::new(0)),
             drain_lock: Mutex::new(()),
             drain_cv: Condvar::new(),
             cancelled_at_stop: AtomicUsize::new(0),
@@ -240,15 +243,16 @@ impl PoolShared {
     /// Reserves a place at `level` (see `reserved`), within the level's
     /// capacity and the tier's `max_queued`.
     pub(crate) fn reserve(&self, level: usize) -> bool {
-        let total = self.config.max_queued.unwrap_or(usize::MAX);
-        if self
-            .reserved_total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < total).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return false;
+        if let Some(total) = self.config.max_queued {
+            if self
+                .reserved_total
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < total).then_some(n + 1)
+                })
+                .is_err()
+            {
+                return false;
+            }
         }
         let cap = self.queue.capacity();
         let ok = self.reserved[level]
@@ -256,7 +260,7 @@ impl PoolShared {
                 (n < cap).then_some(n + 1)
             })
             .is_ok();
-        if !ok {
+        if !ok && self.config.max_queued.is_some() {
             self.reserved_total.fetch_sub(1, Ordering::AcqRel);
         }
         ok
@@ -266,14 +270,13 @@ impl PoolShared {
     /// this crossed the half-way mark of a limit (the level's capacity or
     /// `max_queued`): the moment to wake submitters blocked on it.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
-        let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
-        let total_before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
         let half_of = |cap: usize, before: usize| before == cap / 2 + 1;
-        half_of(self.queue.capacity(), level_before)
-            || self
-                .config
-                .max_queued
-                .is_some_and(|m| half_of(m, total_before))
+        let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
+        let total_crossed = self.config.max_queued.is_some_and(|m| {
+            let before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+            half_of(m, before)
+        });
+        half_of(self.queue.capacity(), level_before) || total_crossed
     }
 
     /// The queue-full rejection, naming the limit that was hit.
@@ -482,7 +485,9 @@ impl PoolShared {
             t.live,
             t.zombies,
             self.idle.load(Ordering::Relaxed),
-            self.admission.in_flight(),
+            self.admission
+                .in_flight()
+                .unwrap_or_else(|| self.counters.queued() + self.counters.running()),
             self.is_paused(),
             self.memory.is_paused(),
             self.memory.last_rss(),

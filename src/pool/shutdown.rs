@@ -79,7 +79,7 @@ impl PoolShared {
                 }
             }
         }
-        for r in &self.reserved {
+        for r in self.reserved.iter() {
             r.store(0, Ordering::Release);
         }
         self.reserved_total.store(0, Ordering::Release);

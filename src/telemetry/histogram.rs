@@ -16,9 +16,11 @@ const SUB: usize = 1 << SUB_BITS;
 /// Values below `SUB` get one bucket each; above, `SUB` per power of two.
 const BUCKETS: usize = SUB + (64 - SUB_BITS as usize) * SUB;
 
+/// Aligned so that its `max` does not share a cache line with whatever
+/// counters sit beside it.
+#[repr(align(128))]
 pub(crate) struct Histogram {
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     max: AtomicU64,
 }
 
@@ -62,7 +64,6 @@ impl Histogram {
     pub(crate) fn new() -> Self {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             max: AtomicU64::new(0),
         }
     }
@@ -71,8 +72,11 @@ impl Histogram {
     pub(crate) fn record(&self, d: Duration) {
         let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(v)].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.max.fetch_max(v, Ordering::Relaxed);
+        // A read first: most values are not a new maximum, and a plain
+        // load keeps the line shared instead of taking it exclusive.
+        if v > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(v, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn percentiles(&self) -> Percentiles {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::cancel::CancelReason;
 use crate::error::RejectReason;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering, Padded};
 use crate::task::TaskStatus;
 
 #[derive(Default)]
@@ -32,7 +32,8 @@ impl Counter {
 
 /// A tier's live counters.
 pub(crate) struct TierCounters {
-    submitted: Counter,
+    /// The submitters' line; the outcome counters below are the workers'.
+    submitted: Padded<Counter>,
     rejected: [Counter; RejectReason::COUNT],
     completed: Counter,
     failed: Counter,
@@ -48,8 +49,9 @@ pub(crate) struct TierCounters {
     scale_ups: Counter,
     scale_downs: Counter,
     busy_nanos: Counter,
-    queued: AtomicUsize,
-    running: AtomicUsize,
+    /// Written by submitters and workers alike: each on a line of its own.
+    queued: Padded<AtomicUsize>,
+    running: Padded<AtomicUsize>,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
 }
@@ -57,7 +59,7 @@ pub(crate) struct TierCounters {
 impl TierCounters {
     pub(crate) fn new() -> Self {
         TierCounters {
-            submitted: Counter::default(),
+            submitted: Padded(Counter::default()),
             rejected: Default::default(),
             completed: Counter::default(),
             failed: Counter::default(),
@@ -73,8 +75,8 @@ impl TierCounters {
             scale_ups: Counter::default(),
             scale_downs: Counter::default(),
             busy_nanos: Counter::default(),
-            queued: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            queued: Padded(AtomicUsize::new(0)),
+            running: Padded(AtomicUsize::new(0)),
             queue_wait: Histogram::new(),
             run_time: Histogram::new(),
         }
