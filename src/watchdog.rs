@@ -304,6 +304,13 @@ impl Shared {
                     return;
                 }
                 core.counters.warned();
+                core.counters
+                    .events
+                    .emit_with(|| crate::telemetry::Event::TaskWarned {
+                        tier: core.tier,
+                        task: core.id,
+                        after: core.opts.warn_after.unwrap_or_default(),
+                    });
                 log::warn!(target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
                 if let Some(at) = core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
@@ -316,6 +323,13 @@ impl Shared {
                 }
                 core.current_token().cancel(CancelReason::Timeout);
                 if core.settle_cancelled(CancelReason::Timeout) {
+                    core.counters
+                        .events
+                        .emit_with(|| crate::telemetry::Event::TaskTimedOut {
+                            tier: core.tier,
+                            task: core.id,
+                            after: core.opts.timeout.unwrap_or_default(),
+                        });
                     log::warn!(target: "tierpool::watchdog",
                         "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
                 }

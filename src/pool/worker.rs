@@ -11,7 +11,8 @@ use super::{PoolShared, WorkerSlot, STOPPING};
 use crate::cancel::CancelReason;
 use crate::priority::Priority;
 use crate::sync::{Arc, Ordering};
-use crate::task::{Job, RunEnd, TaskContext, Work, RUNNING, ZOMBIE};
+use crate::task::{Job, RunEnd, TaskContext, TaskStatus, Work, RUNNING, ZOMBIE};
+use crate::telemetry::{Event, RestartCause, ScaleReason};
 
 /// What the loop does after a run.
 #[derive(PartialEq, Eq)]
@@ -30,6 +31,12 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
     // Born idle: the spawner counted this thread in `idle`.
     let mut idle_since = pool.clock.now();
     loop {
+        // RESTARTED: a maintenance restart replaces threads between tasks.
+        if pool.is_stale(&slot) {
+            pool.replace_stale(&slot);
+            guard.disarm();
+            return;
+        }
         // BUSY: take work while there is any.
         if let Some((level, work)) = pool.next_work() {
             slot.set_busy(&pool);
@@ -77,6 +84,7 @@ impl PoolShared {
     fn allowed_levels(&self) -> [bool; 4] {
         let open = self.lifecycle.load(Ordering::SeqCst) != STOPPING
             && !self.is_paused()
+            && !self.restarting.load(Ordering::SeqCst)
             && self.memory.allows_work(&self.clock);
         if !open {
             return [false; 4];
@@ -88,6 +96,7 @@ impl PoolShared {
     }
 
     fn next_work(&self) -> Option<(usize, Work)> {
+        self.check_saturation();
         let picked = self.queue.pick(
             || self.allowed_levels(),
             |level| {
@@ -145,6 +154,14 @@ impl PoolShared {
         self.idle.fetch_sub(1, Ordering::SeqCst);
         self.forget_thread(&mut t, slot.index);
         self.counters.scaled_down();
+        self.events().emit_with(|| Event::PoolScaled {
+            tier: self.name(),
+            from: t.live + 1,
+            to: t.live,
+            reason: ScaleReason::Idle {
+                keep_alive: self.config.keep_alive,
+            },
+        });
         log::debug!(target: "tierpool::pool", "{}: scaled down to {} workers (worker {} idle for {:?})",
             self.name(), t.live, slot.index, self.config.keep_alive);
         true
@@ -183,7 +200,14 @@ impl PoolShared {
         // for other reasons (preemption, backoff).
         let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
         self.counters.started(waited);
+        log::trace!(target: "tierpool::task", "{}: task {} started (attempt {attempt})", self.name(), core.id);
+        self.events().emit_with(|| Event::TaskStarted {
+            tier: self.name(),
+            task: core.id,
+            attempt,
+        });
         *slot.current.lock() = Some(core.clone());
+        self.note_run_start(slot, start);
         if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
             // Taken just as shutdown began: it never really starts.
             token.cancel(CancelReason::Shutdown);
@@ -201,6 +225,7 @@ impl PoolShared {
             (job.body)(&ctx)
         };
         drop(ctx);
+        self.note_run_end(slot);
         self.counters
             .ran(self.clock.now().saturating_duration_since(start));
         *slot.current.lock() = None;
@@ -209,7 +234,15 @@ impl PoolShared {
             self.counters.stopped_running();
         }
         match end {
-            RunEnd::Settled => core.release_permit(), // outcome recorded by the slot
+            RunEnd::Settled => {
+                // The body settled the slot (and the slot counted it).
+                self.events().emit_with(|| Event::TaskFinished {
+                    tier: self.name(),
+                    task: core.id,
+                    status: core.slot.outcome().unwrap_or(TaskStatus::Completed),
+                });
+                core.release_permit();
+            }
             RunEnd::Late => {
                 self.counters.late_result();
                 core.release_permit();
@@ -305,7 +338,9 @@ impl PoolShared {
     }
 
     pub(super) fn notify_drain(&self) {
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN {
+        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN
+            || self.restarting.load(Ordering::SeqCst)
+        {
             let _g = self.drain_lock.lock();
             self.drain_cv.notify_all();
         }
@@ -318,8 +353,16 @@ impl PoolShared {
         let current = slot.current.lock().take();
         let mut was_zombie = false;
         if let Some(core) = current {
-            core.slot
-                .settle_panicked("the worker thread running it died", &self.counters);
+            if core
+                .slot
+                .settle_panicked("the worker thread running it died", &self.counters)
+            {
+                self.events().emit_with(|| Event::TaskFinished {
+                    tier: self.name(),
+                    task: core.id,
+                    status: TaskStatus::Panicked,
+                });
+            }
             let left = core.finish();
             was_zombie = left == ZOMBIE;
             if left == RUNNING {
@@ -361,6 +404,7 @@ impl PoolShared {
         }
         t.restarts.push_back(now);
         self.counters.worker_restarted();
+        self.thread_restarted(RestartCause::Died);
         log::error!(target: "tierpool::supervisor", "{}: worker {} died outside a task; restarting it",
             self.name(), slot.index);
         if let Err(e) = self.spawn_worker(&mut t) {
