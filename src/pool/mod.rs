@@ -36,6 +36,10 @@ use crate::telemetry::{Event, EventBus, ScaleReason, TierCounters};
 use crate::watchdog::Watchdog;
 use config::TierConfig;
 
+/// How long a restart waits (real time) for idle old threads to replace
+/// themselves; they only need to be rung, so this is a safety bound.
+const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
+
 const OPEN: u8 = 0;
 const DRAINING: u8 = 1;
 const STOPPING: u8 = 2;
@@ -45,21 +49,12 @@ pub(crate) struct WorkerSlot {
     index: usize,
     /// The restart generation the thread was started in; a thread of an
     /// older one replaces itself at its next look for work.
-    generation: u64,
+    pub(crate) generation: u64,
     current: Mutex<Option<Arc<TaskCore>>>,
     /// When the current run started, as nanoseconds after the pool's
     /// epoch plus one (0: not running); read by the utilisation window.
     run_since: AtomicU64,
     idle: AtomicBool,
-}
-
-impl WorkerSlot {
-    fn is_zombie(&self) -> bool {
-        self.current
-            .lock()
-            .as_ref()
-            .is_some_and(|c| c.state() == ZOMBIE)
-    }
 }
 
 /// Which limit made the tier saturated, and since when.
@@ -768,23 +763,22 @@ impl PoolShared {
             (generation, old)
         };
         self.restarting.store(false, Ordering::SeqCst);
-        let mut still = self.stale_threads(generation);
-        let mut t = self.threads.lock();
-        while still > 0 && !deadline.passed(&self.clock) {
+        // Idle old threads replace themselves as soon as they are rung;
+        // busy ones (the grace ended) when their task returns.
+        let cap = Instant::now() + IDLE_REPLACEMENT_CAP;
+        let still = loop {
+            let (idle, busy) = self.stale_threads(generation);
+            if idle == 0 || Instant::now() >= cap {
+                break idle + busy;
+            }
             // A new thread may take a ring meant for an old one: ring
             // again on every pass.
-            self.ring(still + 1);
-            let budget = deadline
-                .budget(&self.clock)
-                .map_or(Duration::from_millis(10), |b| {
-                    b.min(Duration::from_millis(10))
-                });
-            t = self.threads_cv.wait_budget(t, Some(budget));
-            drop(t);
-            still = self.stale_threads(generation);
-            t = self.threads.lock();
-        }
-        drop(t);
+            self.ring(idle + 1);
+            let t = self.threads.lock();
+            let _t = self
+                .threads_cv
+                .wait_budget(t, Some(Duration::from_millis(10)));
+        };
         log::info!(target: "tierpool::supervisor",
             "{}: restarted ({} threads replaced, {still} still finishing a task{})",
             self.name(), old.saturating_sub(still),
@@ -809,13 +803,19 @@ impl PoolShared {
         }
     }
 
-    /// Live (non-zombie) threads of an older generation.
-    fn stale_threads(&self, generation: u64) -> usize {
+    /// Live (non-zombie) threads of an older generation: (between
+    /// tasks, inside one).
+    fn stale_threads(&self, generation: u64) -> (usize, usize) {
         let t = self.threads.lock();
-        t.slots
-            .iter()
-            .filter(|s| s.generation < generation && !s.is_zombie())
-            .count()
+        let mut counts = (0, 0);
+        for s in t.slots.iter().filter(|s| s.generation < generation) {
+            match s.current.lock().as_ref() {
+                None => counts.0 += 1,
+                Some(c) if c.state() != ZOMBIE => counts.1 += 1,
+                Some(_) => {}
+            }
+        }
+        counts
     }
 
     /// Whether this worker belongs to an older generation.

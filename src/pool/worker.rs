@@ -38,7 +38,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             return;
         }
         // BUSY: take work while there is any.
-        if let Some((level, work)) = pool.next_work() {
+        if let Some((level, work)) = pool.next_work(slot.generation) {
             slot.set_busy(&pool);
             match work {
                 Work::Poison => panic!("tierpool: injected worker fault (test hook)"),
@@ -80,11 +80,15 @@ impl WorkerSlot {
 }
 
 impl PoolShared {
-    /// Which levels a worker may take from now.
-    fn allowed_levels(&self) -> [bool; 4] {
+    /// Which levels a worker of `generation` may take from now. A restart
+    /// bumps the generation before it clears `restarting`, so a pick that
+    /// sees the restart over also sees the worker is stale: old threads
+    /// never take work after a restart.
+    fn allowed_levels(&self, generation: u64) -> [bool; 4] {
         let open = self.lifecycle.load(Ordering::SeqCst) != STOPPING
             && !self.is_paused()
             && !self.restarting.load(Ordering::SeqCst)
+            && self.generation.load(Ordering::SeqCst) == generation
             && self.memory.allows_work(&self.clock);
         if !open {
             return [false; 4];
@@ -95,10 +99,10 @@ impl PoolShared {
         [true, true, unreserved, unreserved]
     }
 
-    fn next_work(&self) -> Option<(usize, Work)> {
+    fn next_work(&self, generation: u64) -> Option<(usize, Work)> {
         self.check_saturation();
         let picked = self.queue.pick(
-            || self.allowed_levels(),
+            || self.allowed_levels(generation),
             |level| {
                 if self.config.reserved_slots > 0 && level >= Priority::Normal.index() {
                     self.running_unreserved.fetch_add(1, Ordering::AcqRel);
