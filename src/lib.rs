@@ -14,6 +14,13 @@
 //! - [`realtime`](Runtime::realtime): event processing with slots reserved
 //!   for urgent work and preemption of lower priorities.
 //!
+//! The runtime is also the supervisor: [`Runtime::health`] reports every
+//! component with reasons, [`Runtime::on_event`] streams [`Event`]s to
+//! listeners on one dispatcher thread, [`Runtime::restart`] replaces a
+//! tier's threads for maintenance, [`Runtime::scheduler`] is the one timer
+//! for periodic jobs, and [`Runtime::register`] puts batch workers under
+//! its shutdown and health.
+//!
 //! One watchdog thread enforces warnings and timeouts through cooperative
 //! cancellation ([`TaskContext::checkpoint`]), declares tasks that ignore it
 //! zombies and replaces their threads. Every accepted task gets exactly one

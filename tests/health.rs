@@ -251,6 +251,9 @@ fn utilisation_is_busy_time_over_capacity_in_the_window() {
     assert!((bg.stats().utilisation - 0.5).abs() < 1e-9);
     gate.open();
     h.join().unwrap();
+    // The worker books the run just after the outcome is visible.
+    wait("run booked", || bg.stats().running == 0);
+    assert_eq!(bg.stats().busy, 5 * SEC);
     m.advance(5 * SEC);
     assert!((bg.stats().utilisation - 0.25).abs() < 1e-9);
     m.advance(10 * SEC);
