@@ -437,8 +437,18 @@ struct Shared<I> {
 /// ```
 pub struct BatchProcessor<I: Send + 'static> {
     shared: Arc<Shared<I>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    runner: Arc<Runner<I>>,
     drop_grace: Duration,
+}
+
+/// The dispatcher thread and what a runtime-driven shutdown left behind;
+/// shared with the runtime's registry (held weakly there).
+struct Runner<I: Send + 'static> {
+    shared: Arc<Shared<I>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The report of a shutdown the runtime did, until the application's
+    /// own `shutdown` takes it. Also serialises shutdowns.
+    parked: Mutex<Option<BatchReport<I>>>,
 }
 
 /// Builds a [`BatchProcessor`]; [`build`](Self::build) validates every
@@ -597,14 +607,21 @@ impl<I: Send + 'static> BatchProcessorBuilder<I> {
             wake: Condvar::new(),
             batch_done: Condvar::new(),
         });
+        if let Some(b) = &shared.breaker {
+            crate::supervisor::forward_breaker_events(b, &shared.tier.pool.counters.events);
+        }
         let for_thread = shared.clone();
         let handle = std::thread::Builder::new()
             .name("tierpool-batch".into())
             .spawn(move || dispatcher_loop(&for_thread))
             .map_err(BuildError::Spawn)?;
         Ok(BatchProcessor {
+            runner: Arc::new(Runner {
+                shared: shared.clone(),
+                thread: Mutex::new(Some(handle)),
+                parked: Mutex::new(None),
+            }),
             shared,
-            thread: Mutex::new(Some(handle)),
             drop_grace: self.drop_grace,
         })
     }
@@ -745,6 +762,11 @@ impl<I: Send + 'static> BatchProcessor<I> {
         self.shared.state.lock().dead.clone()
     }
 
+    /// The part the runtime supervises.
+    pub(crate) fn component(&self) -> &dyn crate::supervisor::Component {
+        &*self.runner
+    }
+
     /// Takes the dead-letter list, leaving it empty.
     pub fn drain_dead_letters(&self) -> Vec<DeadLetter<I>> {
         std::mem::take(&mut self.shared.state.lock().dead)
@@ -755,7 +777,21 @@ impl<I: Send + 'static> BatchProcessor<I> {
     /// clock), joins the dispatcher and returns every item not processed
     /// plus the dead letters. Calling it again returns what came back
     /// since (normally nothing).
+    ///
+    /// If the runtime it is [registered](crate::Runtime::register) with
+    /// shut it down, this returns the items that shutdown left.
     pub fn shutdown(&self, grace: Duration) -> BatchReport<I> {
+        let mut parked = self.runner.parked.lock();
+        let fresh = self.runner.stop(grace);
+        match parked.take() {
+            Some(earlier) => earlier.merge(fresh),
+            None => fresh,
+        }
+    }
+}
+
+impl<I: Send + 'static> Runner<I> {
+    fn stop(&self, grace: Duration) -> BatchReport<I> {
         let shared = &*self.shared;
         shared.state.lock().stopping = true;
         shared.wake.notify_all();
@@ -791,6 +827,56 @@ impl<I: Send + 'static> BatchProcessor<I> {
         }
     }
 }
+
+impl<I> BatchReport<I> {
+    /// `self` followed by what a later shutdown returned.
+    fn merge(mut self, later: BatchReport<I>) -> BatchReport<I> {
+        self.unprocessed.extend(later.unprocessed);
+        self.dead_letters.extend(later.dead_letters);
+        self.still_in_batches = later.still_in_batches;
+        self.stats = later.stats;
+        self
+    }
+}
+
+impl<I: Send + 'static> crate::supervisor::Component for Runner<I> {
+    fn health(&self) -> Vec<crate::health::HealthReason> {
+        let mut reasons = Vec::new();
+        if self.shared.state.lock().stopping {
+            reasons.push(crate::health::HealthReason::ShutDown);
+        }
+        if let Some(b) = &self.shared.breaker {
+            reasons.extend(crate::supervisor::breaker_health(b));
+        }
+        reasons
+    }
+
+    fn shutdown_for_runtime(&self, grace: Duration) -> crate::supervisor::WorkerCounts {
+        let mut parked = self.parked.lock();
+        let fresh = self.stop(grace);
+        let report = match parked.take() {
+            Some(earlier) => earlier.merge(fresh),
+            None => fresh,
+        };
+        let counts = crate::supervisor::WorkerCounts {
+            processed: report.stats.processed_ok,
+            unprocessed: report.unprocessed.len(),
+            dead_letters: report.dead_letters.len(),
+            still_in_batches: report.still_in_batches,
+        };
+        *parked = Some(report);
+        counts
+    }
+}
+
+impl<I: Send + 'static> crate::supervisor::Sealed for BatchProcessor<I> {
+    fn registration(&self) -> crate::supervisor::Registration {
+        let weak: crate::sync::Weak<dyn crate::supervisor::Component> =
+            Arc::downgrade(&self.runner) as _;
+        crate::supervisor::Registration::worker(weak)
+    }
+}
+impl<I: Send + 'static> crate::supervisor::Supervise for BatchProcessor<I> {}
 
 impl<I: Send + 'static> Drop for BatchProcessor<I> {
     fn drop(&mut self) {

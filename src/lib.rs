@@ -14,6 +14,13 @@
 //! - [`realtime`](Runtime::realtime): event processing with slots reserved
 //!   for urgent work and preemption of lower priorities.
 //!
+//! The runtime is also the supervisor: [`Runtime::health`] reports every
+//! component with reasons, [`Runtime::on_event`] streams [`Event`]s to
+//! listeners on one dispatcher thread, [`Runtime::restart`] replaces a
+//! tier's threads for maintenance, [`Runtime::scheduler`] is the one timer
+//! for periodic jobs, and [`Runtime::register`] puts batch workers under
+//! its shutdown and health.
+//!
 //! One watchdog thread enforces warnings and timeouts through cooperative
 //! cancellation ([`TaskContext::checkpoint`]), declares tasks that ignore it
 //! zombies and replaces their threads. Every accepted task gets exactly one
@@ -44,6 +51,7 @@ mod batch;
 mod cancel;
 mod clock;
 mod error;
+mod health;
 mod memory;
 mod pool;
 mod priority;
@@ -53,6 +61,7 @@ mod runtime;
 mod schedule;
 mod slot;
 mod stats;
+mod supervisor;
 mod sync;
 mod task;
 mod telemetry;
@@ -71,6 +80,7 @@ pub use batch::{
 pub use cancel::{CancelReason, Cancelled};
 pub use clock::{Clock, ManualClock};
 pub use error::{BuildError, ConfigError, RejectReason, SubmitError, TaskError};
+pub use health::{ComponentHealth, Health, HealthReason, HealthStatus};
 pub use memory::{process_rss, MemoryProbe};
 pub use pool::config::{TierConfig, Watermark, MAX_QUEUE_CAPACITY, MAX_WORKERS_LIMIT};
 pub use priority::{ParsePriorityError, Priority};
@@ -79,15 +89,16 @@ pub use resilience::{
     CallPermit, CircuitBreaker, CircuitBreakerBuilder, Jitter, RateLimiter, RateLimiterBuilder,
     RateLimiterStats, RetryDecision, RetryPolicy, RetryPolicyBuilder, SeedRng, TryAcquireError,
 };
-pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown};
+pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, TierShutdown, WorkerShutdown};
 pub use schedule::{
     JobBuilder, JobContext, JobHealth, JobId, JobStats, LoadRule, MissedRun, RunKind, Scheduler,
     SchedulerBuilder, SchedulerStats, SkipReason, SkipRecord,
 };
 pub use slot::TaskResult;
 pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
+pub use supervisor::{RestartError, RestartReport, Supervise};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
-pub use telemetry::Percentiles;
+pub use telemetry::{Event, Percentiles, RestartCause, ScaleReason};
 pub use tier::{Once, Restartable, TaskBuilder, Tier};
 pub use workers::{
     CacheWarmer, CacheWarmerBuilder, CacheWarmerStats, ReEnricher, ReEnricherBuilder,

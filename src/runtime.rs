@@ -22,14 +22,20 @@ use std::time::{Duration, Instant};
 use crate::analysis::{Analysis, AnalysisConfig};
 use crate::clock::Clock;
 use crate::error::{BuildError, ConfigError};
+use crate::health::{ComponentHealth, Health, HealthReason};
 use crate::memory::{process_rss, MemoryProbe};
 use crate::pool::config::TierConfig;
 use crate::pool::config::MAX_WORKERS_LIMIT;
 use crate::pool::{PoolShared, StopOutcome};
 use crate::resilience::RetryPolicy;
+use crate::schedule::Scheduler;
 use crate::stats::Stats;
+use crate::supervisor::{
+    forward_breaker_events, Held, Registry, RestartError, RestartReport, Supervise,
+};
 use crate::sync::{Arc, Mutex};
 use crate::task::TaskId;
+use crate::telemetry::{Event, EventBus, DEFAULT_EVENT_CAPACITY};
 use crate::tier::Tier;
 use crate::watchdog::Watchdog;
 
@@ -61,6 +67,7 @@ pub struct RuntimeBuilder {
     clock: Clock,
     probe: Option<MemoryProbe>,
     drop_grace: Duration,
+    event_capacity: usize,
 }
 
 impl RuntimeBuilder {
@@ -74,6 +81,7 @@ impl RuntimeBuilder {
             clock: Clock::system(),
             probe: None,
             drop_grace: Duration::from_secs(5),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
         }
     }
 
@@ -141,6 +149,20 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Events buffered for listeners (default 4096); when listeners fall
+    /// further behind, new events are dropped and counted in
+    /// [`Stats::events_dropped`].
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder().event_capacity(64).build()?;
+    /// assert_eq!(rt.stats().events_dropped, 0);
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
     /// Validates everything and starts the threads. The error names the
     /// first bad field.
     pub fn build(self) -> Result<Runtime, BuildError> {
@@ -169,10 +191,20 @@ impl RuntimeBuilder {
             )
             .into());
         }
+        if self.event_capacity == 0 {
+            return Err(ConfigError::new("event_capacity", "must be at least 1").into());
+        }
         let watchdog = Arc::new(Watchdog::start(self.clock.clone()).map_err(BuildError::Spawn)?);
         let probe = self.probe.unwrap_or_else(|| Arc::new(process_rss));
+        let events = Arc::new(EventBus::new(self.event_capacity));
         let tiers = [self.ui, self.background, self.realtime, self.analysis_tier].map(|cfg| {
-            let pool = PoolShared::new(cfg, self.clock.clone(), watchdog.clone(), probe.clone());
+            let pool = PoolShared::new(
+                cfg,
+                self.clock.clone(),
+                watchdog.clone(),
+                probe.clone(),
+                events.clone(),
+            );
             watchdog.register(&pool);
             Tier { pool }
         });
@@ -183,9 +215,20 @@ impl RuntimeBuilder {
                 return Err(BuildError::Spawn(e));
             }
         };
+        let scheduler = match Scheduler::builder(&tiers[1]).build() {
+            Ok(s) => s,
+            Err(e) => {
+                watchdog.stop();
+                analysis.shutdown();
+                return Err(e);
+            }
+        };
         let rt = Runtime {
             tiers,
             analysis,
+            scheduler,
+            registry: Registry::default(),
+            events,
             watchdog,
             clock: self.clock,
             drop_grace: self.drop_grace,
@@ -233,6 +276,9 @@ pub struct Runtime {
     /// ui, background, realtime, analysis.
     tiers: [Tier; 4],
     analysis: Analysis,
+    scheduler: Scheduler,
+    registry: Registry,
+    events: Arc<EventBus>,
     watchdog: Arc<Watchdog>,
     clock: Clock,
     drop_grace: Duration,
@@ -284,10 +330,152 @@ impl Runtime {
 
     /// A snapshot of every tier's numbers.
     pub fn stats(&self) -> Stats {
+        let e = self.events.totals();
         Stats {
             tiers: self.tiers.iter().map(|t| t.stats()).collect(),
             watchdog_pending: self.watchdog.pending(),
+            events_delivered: e.delivered,
+            events_dropped: e.dropped,
+            listener_panics: e.listener_panics,
         }
+    }
+
+    /// The runtime's scheduler: one timer thread for every periodic job of
+    /// the application; runs go to the background tier unless a job names
+    /// another. It stops with the runtime, and its degraded jobs show in
+    /// [`health`](Runtime::health).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = tierpool::Runtime::builder().build()?;
+    /// let id = rt.scheduler()
+    ///     .every(Duration::from_secs(60))
+    ///     .name("cleanup")
+    ///     .tier(rt.ui())
+    ///     .start(|_| Ok::<_, String>(()))?;
+    /// assert!(rt.scheduler().job_stats(id).is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Puts a worker under the runtime's supervision: its health shows in
+    /// [`health`](Runtime::health) under `name` (an open circuit breaker, a
+    /// failing cache-warming cycle), and [`shutdown`](Runtime::shutdown)
+    /// stops it before the tiers, counting what it left in the report.
+    /// The items themselves stay with the worker: its own `shutdown`
+    /// hands them over afterwards. The runtime holds workers weakly:
+    /// dropping one unregisters it.
+    ///
+    /// A [`CircuitBreaker`](crate::CircuitBreaker) registered this way also
+    /// reports its state changes as [`Event::BreakerStateChanged`]; the
+    /// breaker of a batch worker built on one of this runtime's tiers does
+    /// so already (do not register it again).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierpool::{Priority, ReEnricher, Runtime};
+    /// let rt = Runtime::builder().build()?;
+    /// let enricher = ReEnricher::builder(rt.background(), |_: &u64, _| Ok::<_, String>(()))
+    ///     .flush_interval(Duration::from_secs(3600))
+    ///     .build()?;
+    /// rt.register("re-enricher", &enricher);
+    /// enricher.enqueue(7)?;
+    /// let report = rt.shutdown(Duration::from_secs(1));
+    /// let w = &report.workers[0];
+    /// assert_eq!(w.name, "re-enricher");
+    /// assert_eq!(w.unprocessed as u64 + w.processed, 1);
+    /// // The item itself is still with the worker:
+    /// let mine = enricher.shutdown(Duration::ZERO);
+    /// assert_eq!(mine.unprocessed.len() as u64 + mine.stats.processed_ok, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register(&self, name: impl Into<String>, worker: &impl Supervise) {
+        let r = worker.registration();
+        if let Held::Breaker(b) = &r.0 {
+            forward_breaker_events(b, &self.events);
+        }
+        self.registry.add(name.into(), r);
+    }
+
+    /// Calls `listener` with every later [`Event`], on the runtime's one
+    /// event thread (`tierpool-events`, started with the first listener).
+    /// Listeners never run on a worker: one that panics is caught and
+    /// counted ([`Stats::listener_panics`]); one that is slow only delays
+    /// the others, and once the buffer (see
+    /// [`RuntimeBuilder::event_capacity`]) is full, further events are
+    /// dropped and counted ([`Stats::events_dropped`]). With no listener,
+    /// no event is even built.
+    ///
+    /// Events also go to `log`, under targets `tierpool::task`,
+    /// `tierpool::pool`, `tierpool::watchdog`, `tierpool::supervisor`,
+    /// `tierpool::schedule`, `tierpool::batch` and `tierpool::breaker`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tierpool::{Event, Priority, Runtime};
+    /// let rt = Runtime::builder().build()?;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = seen.clone();
+    /// rt.on_event(move |e| {
+    ///     if let Event::TaskFinished { status, .. } = e {
+    ///         sink.lock().unwrap().push(*status);
+    ///     }
+    /// })?;
+    /// rt.ui().submit(Priority::Normal, |_| Ok::<_, String>(()))?.join().unwrap();
+    /// rt.shutdown(std::time::Duration::from_secs(1)); // delivers what is queued
+    /// assert_eq!(seen.lock().unwrap().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_event(
+        &self,
+        listener: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> std::io::Result<()> {
+        self.events.listen(Arc::new(listener))
+    }
+
+    /// Maintenance restart of the tier named `tier` (see [`Tier::restart`]).
+    pub fn restart(&self, tier: &str, grace: Duration) -> Result<RestartReport, RestartError> {
+        if self.is_shut_down() {
+            return Err(RestartError::ShuttingDown);
+        }
+        self.tier(tier)
+            .ok_or_else(|| RestartError::UnknownTier(tier.to_string()))?
+            .restart(grace)
+    }
+
+    /// Healthy, degraded or unhealthy, for the runtime and each component
+    /// (`runtime`, the tiers, `scheduler`, then registered workers), with
+    /// the reasons: zombies, memory watermark, restart intensity, a tier
+    /// at capacity for longer than its
+    /// [`saturation_threshold`](TierConfig::saturation_threshold), open
+    /// circuit breakers, degraded scheduled jobs, shutdown.
+    ///
+    /// ```
+    /// use tierpool::{HealthStatus, Runtime};
+    /// let rt = Runtime::builder().build()?;
+    /// assert_eq!(rt.health().status, HealthStatus::Healthy);
+    /// rt.shutdown(std::time::Duration::from_secs(1));
+    /// assert_eq!(rt.health().status, HealthStatus::Unhealthy);
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn health(&self) -> Health {
+        let mut components = Vec::new();
+        let mut runtime = Vec::new();
+        if self.is_shut_down() {
+            runtime.push(HealthReason::ShutDown);
+        }
+        components.push(ComponentHealth::new("runtime", runtime));
+        components.extend(self.tiers.iter().map(Tier::health));
+        components.push(ComponentHealth::new(
+            "scheduler",
+            crate::schedule::degraded_reasons(&self.scheduler.stats()),
+        ));
+        for (name, reasons) in self.registry.health() {
+            components.push(ComponentHealth::new(name, reasons));
+        }
+        Health::new(components)
     }
 
     /// Pauses every tier (see [`Tier::pause`]).
@@ -315,6 +503,9 @@ impl Runtime {
             return r.clone();
         }
         let started = Instant::now();
+        // Timers and batch workers first: their work runs on the tiers.
+        self.scheduler.shutdown();
+        let workers = self.registry.shutdown(grace);
         let before: Vec<u64> = self.tiers.iter().map(|t| finished(&t.stats())).collect();
         for t in &self.tiers {
             t.pool.begin_drain(grace);
@@ -343,7 +534,7 @@ impl Runtime {
         self.analysis.shutdown();
         let mut report = ShutdownReport {
             drained_in_time: drained,
-            took: started.elapsed(),
+            workers,
             ..ShutdownReport::default()
         };
         for ((t, out), before) in self.tiers.iter().zip(per_tier).zip(before) {
@@ -366,22 +557,18 @@ impl Runtime {
             report.threads_joined += out.threads_joined;
             report.threads_detached += out.threads_detached;
         }
+        // Last, so listeners hear about the shutdown's own cancellations.
+        self.events.stop();
+        report.took = started.elapsed();
         log::info!(target: "tierpool::supervisor", "shutdown: {report}");
         *slot = Some(report.clone());
         report
     }
 
-    /// A deadline `d` from now on the runtime's clock, and under a manual
-    /// clock a real-time cap too (see `MANUAL_CLOCK_REAL_CAP`).
+    /// A deadline `d` from now on the runtime's clock (see
+    /// [`PhaseDeadline::after`]).
     fn phase_deadline(&self, d: Duration) -> PhaseDeadline {
-        PhaseDeadline {
-            at: self.clock.deadline_after(d),
-            real_cap: if self.clock.is_manual() {
-                Instant::now().checked_add(MANUAL_CLOCK_REAL_CAP)
-            } else {
-                None
-            },
-        }
+        PhaseDeadline::after(&self.clock, d)
     }
 }
 
@@ -394,6 +581,19 @@ pub(crate) struct PhaseDeadline {
 }
 
 impl PhaseDeadline {
+    /// `d` from now on `clock`, and under a manual clock a real-time cap
+    /// too (see `MANUAL_CLOCK_REAL_CAP`).
+    pub(crate) fn after(clock: &Clock, d: Duration) -> Self {
+        PhaseDeadline {
+            at: clock.deadline_after(d),
+            real_cap: if clock.is_manual() {
+                Instant::now().checked_add(MANUAL_CLOCK_REAL_CAP)
+            } else {
+                None
+            },
+        }
+    }
+
     pub(crate) fn passed(&self, clock: &Clock) -> bool {
         self.at.is_some_and(|d| clock.now() >= d)
             || self.real_cap.is_some_and(|c| Instant::now() >= c)
@@ -439,6 +639,24 @@ pub struct TierShutdown {
     pub zombies: usize,
 }
 
+/// One registered worker's part of a [`ShutdownReport`]: what it had not
+/// done. The items themselves are kept by the worker; its own `shutdown`
+/// returns them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerShutdown {
+    /// The name it was registered under.
+    pub name: String,
+    /// Items processed successfully, over its life.
+    pub processed: u64,
+    /// Items never processed (ready or waiting for a retry).
+    pub unprocessed: usize,
+    /// Items in its dead-letter list.
+    pub dead_letters: usize,
+    /// Items held by batches that did not stop within the grace.
+    pub still_in_batches: usize,
+}
+
 /// What [`Runtime::shutdown`] did: enough to account for every task that
 /// was in the runtime, and the ids of those that never started so the
 /// application can persist or resubmit them (their handles resolve as
@@ -465,6 +683,8 @@ pub struct ShutdownReport {
     pub threads_detached: usize,
     /// Per tier.
     pub tiers: Vec<TierShutdown>,
+    /// Per registered worker (see [`Runtime::register`]).
+    pub workers: Vec<WorkerShutdown>,
     /// How long shutdown took (real time).
     pub took: Duration,
 }
@@ -482,6 +702,14 @@ impl fmt::Display for ShutdownReport {
             self.zombies.len(),
             self.threads_joined,
             self.threads_detached
-        )
+        )?;
+        for w in &self.workers {
+            write!(
+                f,
+                "; {}: {} unprocessed, {} dead letters",
+                w.name, w.unprocessed, w.dead_letters
+            )?;
+        }
+        Ok(())
     }
 }

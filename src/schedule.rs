@@ -562,6 +562,14 @@ impl Entry {
 
     fn skip(&mut self, now: Instant, reason: SkipReason) {
         log::debug!(target: "tierpool::schedule", "job {:?} skipped: {reason}", self.name);
+        self.spec
+            .tier
+            .pool
+            .events()
+            .emit_with(|| crate::telemetry::Event::ScheduledRunSkipped {
+                job: self.name.clone(),
+                reason: reason.clone(),
+            });
         self.stats.last_skip = Some(SkipRecord { at: now, reason });
     }
 
@@ -702,6 +710,7 @@ impl Shared {
             return; // removed meanwhile
         };
         e.running = false;
+        let failed = matches!(end, RunEnd::Failed(_) | RunEnd::Panicked(_));
         let s = &mut e.stats;
         match end {
             RunEnd::Ok => {
@@ -725,6 +734,18 @@ impl Shared {
                 s.rejected += 1;
                 e.skip(now, SkipReason::Rejected(r));
             }
+        }
+        if let (Some(error), true) = (&e.stats.last_error, failed) {
+            log::debug!(target: "tierpool::schedule", "job {:?} run failed: {error}", e.name);
+            e.spec
+                .tier
+                .pool
+                .events()
+                .emit_with(|| crate::telemetry::Event::ScheduledRunFailed {
+                    job: e.name.clone(),
+                    error: error.clone(),
+                    consecutive_failures: e.stats.consecutive_failures,
+                });
         }
         if e.stats.consecutive_failures == e.spec.degraded_after {
             log::warn!(
@@ -798,6 +819,11 @@ impl Drop for RunGuard {
 pub struct Scheduler {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// False for a handle on someone else's timer (a [`CacheWarmer`]
+    /// using the runtime's scheduler): dropping it stops nothing.
+    ///
+    /// [`CacheWarmer`]: crate::CacheWarmer
+    owns_timer: bool,
 }
 
 /// Builds a [`Scheduler`].
@@ -847,6 +873,7 @@ impl SchedulerBuilder {
         Ok(Scheduler {
             shared,
             thread: Mutex::new(Some(handle)),
+            owns_timer: true,
         })
     }
 }
@@ -967,8 +994,37 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.shutdown();
+        if self.owns_timer {
+            self.shutdown();
+        }
     }
+}
+
+impl Scheduler {
+    /// A handle on this scheduler's timetable that does not own the timer
+    /// (dropping it stops nothing).
+    pub(crate) fn shared_handle(&self) -> Scheduler {
+        Scheduler {
+            shared: self.shared.clone(),
+            thread: Mutex::new(None),
+            owns_timer: false,
+        }
+    }
+
+    pub(crate) fn owns_timer(&self) -> bool {
+        self.owns_timer
+    }
+}
+
+/// Health reasons for a scheduler's degraded jobs.
+pub(crate) fn degraded_reasons(stats: &SchedulerStats) -> Vec<crate::health::HealthReason> {
+    stats
+        .degraded()
+        .map(|j| crate::health::HealthReason::JobDegraded {
+            job: j.name.clone(),
+            consecutive_failures: j.consecutive_failures,
+        })
+        .collect()
 }
 
 impl fmt::Debug for Scheduler {

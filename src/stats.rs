@@ -140,8 +140,17 @@ pub struct TierStats {
     pub last_rss: Option<u64>,
     /// Times the memory watermark paused the tier.
     pub memory_pauses: u64,
-    /// Total time spent running tasks.
+    /// Total time spent running tasks (finished runs).
     pub busy: Duration,
+    /// Busy time / (max_workers × window) over the tier's
+    /// [`utilisation_window`](crate::TierConfig::utilisation_window),
+    /// runs in progress included; 0.0–1.0. Sampled by snapshots (no
+    /// sampling thread): when snapshots are further apart than the window,
+    /// it covers the time since the previous one.
+    pub utilisation: f64,
+    /// How long the tier has been at capacity (a queue or its in-flight
+    /// limit full, not yet back to half), if it is.
+    pub saturated_for: Option<Duration>,
     /// Time from submit to start.
     pub queue_wait: Percentiles,
     /// Time from start to return.
@@ -215,9 +224,21 @@ impl TierStats {
             last_rss,
             memory_pauses,
             busy: c.busy,
+            utilisation: 0.0,
+            saturated_for: None,
             queue_wait: c.queue_wait,
             run_time: c.run_time,
         }
+    }
+
+    pub(crate) fn with_supervision(
+        mut self,
+        utilisation: f64,
+        saturated_for: Option<Duration>,
+    ) -> Self {
+        self.utilisation = utilisation;
+        self.saturated_for = saturated_for;
+        self
     }
 
     /// Terminal outcomes so far: completed + failed + panicked + cancelled.
@@ -249,6 +270,12 @@ pub struct Stats {
     pub tiers: Vec<TierStats>,
     /// Deadlines the watchdog holds (live or awaiting compaction).
     pub watchdog_pending: usize,
+    /// Events handed to listeners (see [`Runtime::on_event`](crate::Runtime::on_event)).
+    pub events_delivered: u64,
+    /// Events dropped because the listeners' channel was full.
+    pub events_dropped: u64,
+    /// Listener calls that panicked (caught).
+    pub listener_panics: u64,
 }
 
 impl Stats {

@@ -253,7 +253,17 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
 
     /// Settles the slot as cancelled and records it if this call won.
     pub(crate) fn settle_cancelled(&self, reason: CancelReason) -> bool {
-        self.slot.settle_cancelled(reason, &self.counters)
+        let won = self.slot.settle_cancelled(reason, &self.counters);
+        if won {
+            self.counters
+                .events
+                .emit_with(|| crate::telemetry::Event::TaskFinished {
+                    tier: self.tier,
+                    task: self.id,
+                    status: TaskStatus::Cancelled(reason),
+                });
+        }
+        won
     }
 
     pub(crate) fn release_permit(&self) {

@@ -6,10 +6,13 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::error::{RejectReason, SubmitError};
+use crate::health::{ComponentHealth, HealthReason};
 use crate::pool::config::TierConfig;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
+use crate::runtime::PhaseDeadline;
 use crate::stats::TierStats;
+use crate::supervisor::{RestartError, RestartReport};
 use crate::sync::Arc;
 use crate::task::{once_body, restartable_body, Body, TaskContext, TaskHandle, TaskOptions};
 
@@ -135,6 +138,86 @@ impl Tier {
     /// Whether the tier is paused by [`pause`](Tier::pause).
     pub fn is_paused(&self) -> bool {
         self.pool.is_paused()
+    }
+
+    /// Maintenance restart: starts nothing new from the queue (submissions
+    /// are still accepted, and the queue is kept), waits up to `grace` on
+    /// the runtime's clock for running tasks to return, then replaces
+    /// every worker thread with a new one. A task still running when the
+    /// grace ends is not interrupted: its thread is replaced when it
+    /// returns. Every task keeps its one outcome. Also resets the restart
+    /// intensity (see [`TierConfig::restart_intensity`]), so it is the
+    /// way back from [`HealthReason::RestartIntensityExceeded`].
+    ///
+    /// Blocks until done (at most about `grace`). One restart of a tier
+    /// runs at a time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierpool::{Priority, Runtime};
+    /// let rt = Runtime::builder().build()?;
+    /// let before = rt.background().stats().threads_started;
+    /// let report = rt.background().restart(Duration::from_secs(5))?;
+    /// assert_eq!(report.replaced, rt.background().stats().workers);
+    /// assert!(rt.background().stats().threads_started > before);
+    /// let h = rt.background().submit(Priority::Normal, |_| Ok::<_, String>(1))?;
+    /// assert_eq!(h.join().unwrap(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restart(&self, grace: Duration) -> Result<RestartReport, RestartError> {
+        let deadline = PhaseDeadline::after(&self.pool.clock, grace);
+        let out = self
+            .pool
+            .restart_threads(deadline)
+            .ok_or(RestartError::ShuttingDown)?;
+        Ok(RestartReport {
+            tier: self.name(),
+            drained_in_time: out.drained_in_time,
+            replaced: out.replaced,
+            still_running: out.still_running,
+        })
+    }
+
+    /// This tier's health now: zombies, the memory watermark, the restart
+    /// intensity and how long it has been at capacity.
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder().build()?;
+    /// let h = rt.ui().health();
+    /// assert_eq!(h.name, "ui");
+    /// assert!(h.reasons.is_empty());
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn health(&self) -> ComponentHealth {
+        self.pool.refresh_memory();
+        let s = self.stats();
+        let cfg = &self.pool.config;
+        let mut reasons = Vec::new();
+        if s.zombie_threads > 0 {
+            reasons.push(HealthReason::Zombies {
+                threads: s.zombie_threads,
+            });
+        }
+        if s.memory_paused {
+            reasons.push(HealthReason::MemoryPaused {
+                rss: s.last_rss,
+                high: self.pool.watermark_high(),
+            });
+        }
+        if s.restart_intensity_exceeded {
+            reasons.push(HealthReason::RestartIntensityExceeded {
+                workers: s.workers,
+                max_restarts: cfg.max_restarts,
+                window: cfg.restart_window,
+            });
+        }
+        if let Some(d) = s.saturated_for.filter(|d| *d >= cfg.saturation_threshold) {
+            reasons.push(HealthReason::QueueSaturated {
+                for_: d,
+                threshold: cfg.saturation_threshold,
+            });
+        }
+        ComponentHealth::new(self.name(), reasons)
     }
 
     /// Test hook: makes one worker thread panic outside any task, to check

@@ -474,6 +474,13 @@ impl Shared {
                     return;
                 }
                 core.counters.warned();
+                core.counters
+                    .events
+                    .emit_with(|| crate::telemetry::Event::TaskWarned {
+                        tier: core.tier,
+                        task: core.id,
+                        after: core.opts.warn_after.unwrap_or_default(),
+                    });
                 log::warn!(target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
                 match core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
@@ -508,6 +515,13 @@ impl Shared {
                 // Logged last: a log sink that fails must not leave the
                 // task uncancelled.
                 if won {
+                    core.counters
+                        .events
+                        .emit_with(|| crate::telemetry::Event::TaskTimedOut {
+                            tier: core.tier,
+                            task: core.id,
+                            after: core.opts.timeout.unwrap_or_default(),
+                        });
                     log::warn!(target: "tierpool::watchdog",
                         "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
                 }

@@ -60,6 +60,8 @@ pub struct TierConfig {
     pub(crate) memory_sample_interval: Duration,
     pub(crate) max_restarts: u32,
     pub(crate) restart_window: Duration,
+    pub(crate) utilisation_window: Duration,
+    pub(crate) saturation_threshold: Duration,
 }
 
 impl TierConfig {
@@ -84,6 +86,8 @@ impl TierConfig {
             memory_sample_interval: Duration::from_millis(250),
             max_restarts: 5,
             restart_window: Duration::from_secs(10),
+            utilisation_window: Duration::from_secs(10),
+            saturation_threshold: Duration::from_secs(30),
         }
     }
 
@@ -278,6 +282,40 @@ impl TierConfig {
         self
     }
 
+    /// The window [`TierStats::utilisation`](crate::TierStats::utilisation)
+    /// is measured over (default 10 s, Hystrix's rolling window).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = tierpool::Runtime::builder()
+    ///     .ui(|t| t.utilisation_window(Duration::from_secs(30)))
+    ///     .build()?;
+    /// assert!(rt.ui().stats().utilisation <= 1.0);
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn utilisation_window(mut self, d: Duration) -> Self {
+        self.utilisation_window = d;
+        self
+    }
+
+    /// How long the tier may stay at capacity (its queue or in-flight
+    /// limit full, until it falls back to half) before
+    /// [`health`](crate::Runtime::health) reports it degraded (default
+    /// 30 s, on the runtime's clock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = tierpool::Runtime::builder()
+    ///     .realtime(|t| t.saturation_threshold(Duration::from_secs(5)))
+    ///     .build()?;
+    /// assert!(rt.health().is_healthy());
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn saturation_threshold(mut self, d: Duration) -> Self {
+        self.saturation_threshold = d;
+        self
+    }
+
     /// The configured per-user limit.
     pub fn per_user_limit_value(&self) -> Option<usize> {
         self.per_user_limit
@@ -420,6 +458,9 @@ impl TierConfig {
         }
         if self.memory_sample_interval.is_zero() {
             return err("memory_sample_interval", "must be more than zero".into());
+        }
+        if self.utilisation_window.is_zero() {
+            return err("utilisation_window", "must be more than zero".into());
         }
         if self.restart_window.is_zero() && self.max_restarts > 0 {
             return err(

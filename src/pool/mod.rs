@@ -11,7 +11,7 @@ mod worker;
 
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -24,16 +24,23 @@ use crate::error::{RejectReason, SubmitError};
 use crate::memory::{MemoryGate, MemoryProbe};
 use crate::priority::Priority;
 use crate::queue::PriorityQueue;
+use crate::runtime::PhaseDeadline;
 use crate::stats::TierStats;
 use crate::sync::{
-    fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Padded, Weak,
+    fence, Arc, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Padded,
+    Weak,
 };
 use crate::task::{
-    Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work,
+    Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work, ZOMBIE,
 };
-use crate::telemetry::TierCounters;
+use crate::telemetry::RestartCause;
+use crate::telemetry::{Event, EventBus, ScaleReason, TierCounters};
 use crate::watchdog::Watchdog;
 use config::{TierConfig, MAX_WORKERS_LIMIT};
+
+/// How long a restart waits (real time) for idle old threads to replace
+/// themselves; they only need to be rung, so this is a safety bound.
+const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
 
 const OPEN: u8 = 0;
 const DRAINING: u8 = 1;
@@ -42,8 +49,47 @@ const STOPPING: u8 = 2;
 /// A worker thread's public face: what it is running now.
 pub(crate) struct WorkerSlot {
     index: usize,
+    /// The restart generation the thread was started in; a thread of an
+    /// older one replaces itself at its next look for work.
+    pub(crate) generation: u64,
     current: Mutex<Option<Arc<TaskCore>>>,
+    /// When the current run started, as nanoseconds after the pool's
+    /// epoch plus one (0: not running); read by the utilisation window.
+    run_since: AtomicU64,
     idle: AtomicBool,
+}
+
+/// Which limit made the tier saturated, and since when.
+#[derive(Clone, Copy, Debug)]
+struct Saturation {
+    since: Instant,
+    limit: SaturatedLimit,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SaturatedLimit {
+    /// One priority level's queue (level, capacity).
+    Level(usize, usize),
+    /// `max_queued` across levels.
+    Queued(usize),
+    /// `max_in_flight`.
+    InFlight(usize),
+}
+
+/// Samples of total busy time, for utilisation over a rolling window
+/// without a sampling thread: every snapshot adds one (at most one per
+/// `window / 20`), and the oldest one still covering the window start is
+/// the baseline.
+#[derive(Default)]
+struct UtilWindow {
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+/// What a maintenance restart did.
+pub(crate) struct RestartOutcome {
+    pub(crate) drained_in_time: bool,
+    pub(crate) replaced: usize,
+    pub(crate) still_running: usize,
 }
 
 /// The thread set, under one lock: counts, slots, handles, restarts.
@@ -92,6 +138,16 @@ pub(crate) struct PoolShared {
     drain_lock: Mutex<()>,
     drain_cv: Condvar,
     cancelled_at_stop: AtomicUsize,
+    /// Bumped by a maintenance restart (see `WorkerSlot::generation`).
+    generation: AtomicU64,
+    /// A restart is waiting for running work to drain: start nothing.
+    restarting: AtomicBool,
+    restart_lock: Mutex<()>,
+    /// Fast check for `saturation` (read on every pick).
+    saturated: AtomicBool,
+    saturation: Mutex<Option<Saturation>>,
+    util: Mutex<UtilWindow>,
+    epoch: Instant,
     self_weak: Weak<PoolShared>,
 }
 
@@ -101,6 +157,7 @@ impl PoolShared {
         clock: Clock,
         watchdog: Arc<Watchdog>,
         probe: MemoryProbe,
+        events: Arc<EventBus>,
     ) -> Arc<PoolShared> {
         // `max_zombie_replacements` is not bounded by validation (any value
         // is meaningful), but replacements never exceed the worker limit:
@@ -112,7 +169,7 @@ impl PoolShared {
         Arc::new_cyclic(|weak| PoolShared {
             queue: PriorityQueue::new(config.queue_capacity, config.starvation_limit),
             admission: Arc::new(Admission::new(config.max_in_flight, config.per_user_limit)),
-            counters: Arc::new(TierCounters::new()),
+            counters: Arc::new(TierCounters::with_events(events)),
             memory: MemoryGate::new(config.watermark, probe, config.memory_sample_interval),
             threads: Mutex::new(Threads {
                 live: 0,
@@ -139,6 +196,13 @@ impl PoolShared {
             drain_lock: Mutex::new(()),
             drain_cv: Condvar::new(),
             cancelled_at_stop: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            restarting: AtomicBool::new(false),
+            restart_lock: Mutex::new(()),
+            saturated: AtomicBool::new(false),
+            saturation: Mutex::new(None),
+            util: Mutex::new(UtilWindow::default()),
+            epoch: clock.now(),
             self_weak: weak.clone(),
             config,
             clock,
@@ -148,6 +212,12 @@ impl PoolShared {
 
     pub(crate) fn name(&self) -> &'static str {
         self.config.name
+    }
+
+    /// The runtime's event bus.
+    #[inline]
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.counters.events
     }
 
     /// Starts the minimum number of workers.
@@ -203,12 +273,23 @@ impl PoolShared {
         // wake blocked submitters (`submit_wait` would spin).
         let level = opts.priority.index();
         if !self.reserve(level) {
-            return Err(SubmitError::new(self.queue_full(), f));
+            let reason = self.queue_full();
+            let limit = match (reason.clone(), self.config.max_queued) {
+                (RejectReason::QueueFull { capacity }, Some(total)) if capacity == total => {
+                    SaturatedLimit::Queued(total)
+                }
+                _ => SaturatedLimit::Level(level, self.queue.capacity()),
+            };
+            self.mark_saturated(limit);
+            return Err(SubmitError::new(reason, f));
         }
         let permit = match self.admission.try_acquire(opts.user.as_ref()) {
             Ok(p) => p,
             Err(reason) => {
                 self.unreserve(level);
+                if let RejectReason::TierLimit { limit } = reason {
+                    self.mark_saturated(SaturatedLimit::InFlight(limit));
+                }
                 return Err(SubmitError::new(reason, f));
             }
         };
@@ -229,6 +310,13 @@ impl PoolShared {
         let typed: TypedCore<T, E> = typed;
         let job = Job { core: core.clone() };
         self.counters.submitted();
+        let id = core.id;
+        log::trace!(target: "tierpool::task", "{}: task {id} submitted ({priority})", self.name());
+        self.events().emit_with(|| Event::TaskSubmitted {
+            tier: self.name(),
+            task: id,
+            priority,
+        });
         self.push_reserved(priority, Work::Task(job));
         if let Some(at) = queue_budget.and_then(|b| submitted_at.checked_add(b)) {
             self.watchdog.watch_queue(&core, at);
@@ -325,6 +413,12 @@ impl PoolShared {
         match self.spawn_worker(&mut t) {
             Ok(()) => {
                 self.counters.scaled_up();
+                self.events().emit_with(|| Event::PoolScaled {
+                    tier: self.name(),
+                    from: t.live - 1,
+                    to: t.live,
+                    reason: ScaleReason::Demand { queued, idle },
+                });
                 log::debug!(target: "tierpool::pool", "{}: scaled up to {} workers ({queued} queued, {idle} idle)",
                     self.name(), t.live);
             }
@@ -367,6 +461,11 @@ impl PoolShared {
         if let Some(v) = victim {
             if v.cancel(CancelReason::Preempted) {
                 self.counters.preempted();
+                self.events().emit_with(|| Event::TaskPreempted {
+                    tier: self.name(),
+                    task: v.id,
+                    priority: v.opts.priority,
+                });
                 log::info!(target: "tierpool::pool",
                     "{}: preempted task {} ({}) for a critical task", self.name(), v.id, v.opts.priority);
             }
@@ -390,7 +489,9 @@ impl PoolShared {
         let index = t.next_index;
         let slot = Arc::new(WorkerSlot {
             index,
+            generation: self.generation.load(Ordering::Acquire),
             current: Mutex::new(None),
+            run_since: AtomicU64::new(0),
             idle: AtomicBool::new(true),
         });
         let pool = self.clone();
@@ -441,14 +542,26 @@ impl PoolShared {
         self.live.store(t.live, Ordering::Release);
         self.counters.zombie();
         self.counters.stopped_running();
+        self.events().emit_with(|| Event::TaskZombie {
+            tier: self.name(),
+            task: core.id,
+        });
         log::error!(target: "tierpool::watchdog",
             "task {} on {} ignored cancellation for {:?}: zombie ({} now); starting a replacement worker",
             core.id, core.tier, self.config.cancel_grace, t.zombies);
         let may_replace = t.zombies <= self.config.max_zombie_replacements
             && self.lifecycle.load(Ordering::SeqCst) != STOPPING;
         if may_replace && t.live < self.config.max_workers {
-            if let Err(e) = self.spawn_worker(&mut t) {
-                log::error!(target: "tierpool::pool", "{}: could not start a replacement worker: {e}", self.name());
+            match self.spawn_worker(&mut t) {
+                Ok(()) => self.events().emit_with(|| Event::PoolScaled {
+                    tier: self.name(),
+                    from: t.live - 1,
+                    to: t.live,
+                    reason: ScaleReason::ZombieReplacement,
+                }),
+                Err(e) => {
+                    log::error!(target: "tierpool::pool", "{}: could not start a replacement worker: {e}", self.name());
+                }
             }
         }
     }
@@ -478,6 +591,9 @@ impl PoolShared {
 
     pub(crate) fn stats(&self) -> TierStats {
         let c = self.counters.snapshot();
+        let now = self.clock.now();
+        let utilisation = self.utilisation(now, c.busy, c.running);
+        let saturated_for = self.saturated_for(now);
         let t = self.threads.lock();
         TierStats::from_parts(
             self.name(),
@@ -496,6 +612,7 @@ impl PoolShared {
             t.spawned,
             (self.config.min_workers, self.config.max_workers),
         )
+        .with_supervision(utilisation, saturated_for)
     }
 
     /// Calls `f` with every task running on this tier now (the watchdog's
@@ -512,5 +629,260 @@ impl PoolShared {
     pub(crate) fn thread_counts(&self) -> (usize, usize) {
         let t = self.threads.lock();
         (t.live, t.zombies)
+    }
+}
+
+// ---- utilisation, saturation ------------------------------------------------
+
+impl PoolShared {
+    /// Nanoseconds since the pool's epoch, plus one (0 means "none").
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    pub(crate) fn note_run_start(&self, slot: &WorkerSlot, at: Instant) {
+        slot.run_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_run_end(&self, slot: &WorkerSlot) {
+        slot.run_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Busy time so far, the runs in progress included (so a tier busy
+    /// with long tasks does not look idle until they return).
+    fn busy_now(&self, now: Instant, finished: Duration) -> Duration {
+        let t = self.threads.lock();
+        let now_stamp = self.stamp(now);
+        let in_progress: u64 = t
+            .slots
+            .iter()
+            .map(|s| s.run_since.load(Ordering::Relaxed))
+            .filter(|&since| since != 0)
+            .map(|since| now_stamp.saturating_sub(since))
+            .sum();
+        finished + Duration::from_nanos(in_progress)
+    }
+
+    /// Busy time / (max_workers × window) over the last
+    /// `utilisation_window` (or since the oldest sample, when snapshots are
+    /// rarer than that); `running / max_workers` before there are two
+    /// samples.
+    fn utilisation(&self, now: Instant, finished: Duration, running: usize) -> f64 {
+        let max = self.config.max_workers.max(1) as f64;
+        let busy = self.busy_now(now, finished);
+        let window = self.config.utilisation_window;
+        let mut w = self.util.lock();
+        let step = window / 20;
+        if w.samples
+            .back()
+            .map_or(true, |(at, _)| now.saturating_duration_since(*at) >= step)
+        {
+            w.samples.push_back((now, busy));
+        }
+        // Keep one sample at or before the window start as the baseline.
+        while w.samples.len() > 2 && w.samples[1].0 <= now.checked_sub(window).unwrap_or(self.epoch)
+        {
+            w.samples.pop_front();
+        }
+        let Some(&(base_at, base_busy)) = w.samples.front() else {
+            return running as f64 / max;
+        };
+        let span = now.saturating_duration_since(base_at);
+        if span.is_zero() {
+            return running as f64 / max;
+        }
+        let used = busy.saturating_sub(base_busy).as_secs_f64();
+        (used / (span.as_secs_f64() * max)).clamp(0.0, 1.0)
+    }
+
+    #[cold]
+    fn mark_saturated(&self, limit: SaturatedLimit) {
+        let mut s = self.saturation.lock();
+        if s.is_none() {
+            *s = Some(Saturation {
+                since: self.clock.now(),
+                limit,
+            });
+            self.saturated.store(true, Ordering::Release);
+            log::debug!(target: "tierpool::pool", "{}: at capacity ({limit:?})", self.name());
+        }
+    }
+
+    /// Called on every pick: clears the saturation once the limit that was
+    /// hit is back at half or less (hysteresis, so a queue hovering at its
+    /// capacity stays saturated).
+    #[inline]
+    pub(crate) fn check_saturation(&self) {
+        if self.saturated.load(Ordering::Acquire) {
+            self.clear_saturation_if_relieved();
+        }
+    }
+
+    #[cold]
+    fn clear_saturation_if_relieved(&self) {
+        let mut s = self.saturation.lock();
+        let Some(sat) = *s else {
+            return;
+        };
+        let relieved = match sat.limit {
+            SaturatedLimit::Level(level, cap) => {
+                self.reserved[level].load(Ordering::Acquire) <= cap / 2
+            }
+            SaturatedLimit::Queued(total) => {
+                self.reserved_total.load(Ordering::Acquire) <= total / 2
+            }
+            SaturatedLimit::InFlight(limit) => self.admission.in_flight().unwrap_or(0) <= limit / 2,
+        };
+        if relieved {
+            *s = None;
+            self.saturated.store(false, Ordering::Release);
+            log::debug!(target: "tierpool::pool", "{}: no longer at capacity (after {:?})",
+                self.name(), self.clock.now().saturating_duration_since(sat.since));
+        }
+    }
+
+    fn saturated_for(&self, now: Instant) -> Option<Duration> {
+        if !self.saturated.load(Ordering::Acquire) {
+            return None;
+        }
+        self.clear_saturation_if_relieved();
+        let s = *self.saturation.lock();
+        s.map(|s| now.saturating_duration_since(s.since))
+    }
+
+    /// Health reads the memory gate fresh (an idle tier samples nothing).
+    pub(crate) fn refresh_memory(&self) {
+        if self.memory.enabled() {
+            let _ = self.memory.allows_work(&self.clock);
+        }
+    }
+
+    pub(crate) fn watermark_high(&self) -> Option<u64> {
+        self.config.watermark.map(|w| w.high)
+    }
+}
+
+// ---- maintenance restart ------------------------------------------------------
+
+impl PoolShared {
+    /// Drain running work (starting nothing new, the queue kept) until
+    /// `deadline`, then have every worker thread replace itself with a new
+    /// one at its next look for work: idle ones at once, busy ones when
+    /// their task returns. Resets the restart intensity, and tops the tier
+    /// up to `min_workers` if deaths past the intensity left it short.
+    pub(crate) fn restart_threads(
+        self: &Arc<Self>,
+        deadline: PhaseDeadline,
+    ) -> Option<RestartOutcome> {
+        let _one_at_a_time = self.restart_lock.lock();
+        if self.lifecycle.load(Ordering::SeqCst) != OPEN {
+            return None;
+        }
+        self.restarting.store(true, Ordering::SeqCst);
+        let drained_in_time = self.wait_running(deadline);
+        let (generation, old) = {
+            let mut t = self.threads.lock();
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            let old = t.live;
+            t.restarts.clear();
+            t.gave_up_restarting = false;
+            while t.live < self.config.min_workers {
+                if let Err(e) = self.spawn_worker(&mut t) {
+                    log::error!(target: "tierpool::supervisor", "{}: could not start a worker: {e}", self.name());
+                    break;
+                }
+                self.thread_restarted(RestartCause::Maintenance);
+            }
+            (generation, old)
+        };
+        self.restarting.store(false, Ordering::SeqCst);
+        // Idle old threads replace themselves as soon as they are rung;
+        // busy ones (the grace ended) when their task returns.
+        let cap = Instant::now() + IDLE_REPLACEMENT_CAP;
+        let still = loop {
+            let (idle, busy) = self.stale_threads(generation);
+            if idle == 0 || Instant::now() >= cap {
+                break idle + busy;
+            }
+            // A new thread may take a ring meant for an old one: ring
+            // again on every pass.
+            self.ring(idle + 1);
+            let t = self.threads.lock();
+            let _t = self
+                .threads_cv
+                .wait_budget(t, Some(Duration::from_millis(10)));
+        };
+        log::info!(target: "tierpool::supervisor",
+            "{}: restarted ({} threads replaced, {still} still finishing a task{})",
+            self.name(), old.saturating_sub(still),
+            if drained_in_time { "" } else { "; drain grace ended" });
+        Some(RestartOutcome {
+            drained_in_time,
+            replaced: old.saturating_sub(still),
+            still_running: still,
+        })
+    }
+
+    fn wait_running(&self, deadline: PhaseDeadline) -> bool {
+        let mut g = self.drain_lock.lock();
+        loop {
+            if self.counters.running() == 0 {
+                return true;
+            }
+            if deadline.passed(&self.clock) {
+                return false;
+            }
+            g = self.drain_cv.wait_budget(g, deadline.budget(&self.clock));
+        }
+    }
+
+    /// Live (non-zombie) threads of an older generation: (between
+    /// tasks, inside one).
+    fn stale_threads(&self, generation: u64) -> (usize, usize) {
+        let t = self.threads.lock();
+        let mut counts = (0, 0);
+        for s in t.slots.iter().filter(|s| s.generation < generation) {
+            match s.current.lock().as_ref() {
+                None => counts.0 += 1,
+                Some(c) if c.state() != ZOMBIE => counts.1 += 1,
+                Some(_) => {}
+            }
+        }
+        counts
+    }
+
+    /// Whether this worker belongs to an older generation.
+    #[inline]
+    pub(crate) fn is_stale(&self, slot: &WorkerSlot) -> bool {
+        slot.generation != self.generation.load(Ordering::Acquire)
+    }
+
+    /// An old-generation worker between tasks: it leaves and a new thread
+    /// takes its place (capacity never exceeds the limit).
+    pub(crate) fn replace_stale(self: &Arc<Self>, slot: &WorkerSlot) {
+        let mut t = self.threads.lock();
+        if slot.idle.swap(false, Ordering::Relaxed) {
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+        }
+        t.live -= 1;
+        self.live.store(t.live, Ordering::Release);
+        self.forget_thread(&mut t, slot.index);
+        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+            return;
+        }
+        match self.spawn_worker(&mut t) {
+            Ok(()) => self.thread_restarted(RestartCause::Maintenance),
+            Err(e) => {
+                log::error!(target: "tierpool::supervisor", "{}: could not replace worker {}: {e}", self.name(), slot.index);
+            }
+        }
+    }
+
+    pub(crate) fn thread_restarted(&self, cause: RestartCause) {
+        self.events().emit_with(|| Event::ThreadRestarted {
+            tier: self.name(),
+            cause,
+        });
     }
 }

@@ -11,7 +11,8 @@ use super::{PoolShared, WorkerSlot, STOPPING};
 use crate::cancel::CancelReason;
 use crate::priority::Priority;
 use crate::sync::{Arc, Ordering};
-use crate::task::{Job, RunEnd, TaskContext, Work, RUNNING, ZOMBIE};
+use crate::task::{Job, RunEnd, TaskContext, TaskStatus, Work, RUNNING, ZOMBIE};
+use crate::telemetry::{Event, RestartCause, ScaleReason};
 
 /// What the loop does after a run.
 #[derive(PartialEq, Eq)]
@@ -35,8 +36,14 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
     // The end of the task just run, while the worker stays busy.
     let mut last_end = None;
     loop {
+        // RESTARTED: a maintenance restart replaces threads between tasks.
+        if pool.is_stale(&slot) {
+            pool.replace_stale(&slot);
+            guard.disarm();
+            return;
+        }
         // BUSY: take work while there is any.
-        if let Some((level, work)) = pool.next_work() {
+        if let Some((level, work)) = pool.next_work(slot.generation) {
             slot.set_busy(&pool);
             match work {
                 Work::Poison => panic!("tierpool: injected worker fault (test hook)"),
@@ -79,10 +86,15 @@ impl WorkerSlot {
 }
 
 impl PoolShared {
-    /// Which levels a worker may take from now.
-    fn allowed_levels(&self) -> [bool; 4] {
+    /// Which levels a worker of `generation` may take from now. A restart
+    /// bumps the generation before it clears `restarting`, so a pick that
+    /// sees the restart over also sees the worker is stale: old threads
+    /// never take work after a restart.
+    fn allowed_levels(&self, generation: u64) -> [bool; 4] {
         let open = self.lifecycle.load(Ordering::SeqCst) != STOPPING
             && !self.is_paused()
+            && !self.restarting.load(Ordering::SeqCst)
+            && self.generation.load(Ordering::SeqCst) == generation
             && self.memory.allows_work(&self.clock);
         if !open {
             return [false; 4];
@@ -93,13 +105,14 @@ impl PoolShared {
         [true, true, unreserved, unreserved]
     }
 
-    fn next_work(&self) -> Option<(usize, Work)> {
+    fn next_work(&self, generation: u64) -> Option<(usize, Work)> {
+        self.check_saturation();
         // A reserved place may not be pushed yet: then the pick comes back
         // empty and the worker looks again before it sleeps.
         let waiting = [0, 1, 2, 3].map(|l| self.reserved[l].load(Ordering::Acquire) > 0);
         let picked = self.queue.pick(
             waiting,
-            || self.allowed_levels(),
+            || self.allowed_levels(generation),
             |level| {
                 if self.config.reserved_slots > 0 && level >= Priority::Normal.index() {
                     self.running_unreserved.fetch_add(1, Ordering::AcqRel);
@@ -161,6 +174,14 @@ impl PoolShared {
         self.idle.fetch_sub(1, Ordering::SeqCst);
         self.forget_thread(&mut t, slot.index);
         self.counters.scaled_down();
+        self.events().emit_with(|| Event::PoolScaled {
+            tier: self.name(),
+            from: t.live + 1,
+            to: t.live,
+            reason: ScaleReason::Idle {
+                keep_alive: self.config.keep_alive,
+            },
+        });
         log::debug!(target: "tierpool::pool", "{}: scaled down to {} workers (worker {} idle for {:?})",
             self.name(), t.live, slot.index, self.config.keep_alive);
         true
@@ -208,7 +229,14 @@ impl PoolShared {
         // for other reasons (preemption, backoff).
         let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
         self.counters.started(waited);
+        log::trace!(target: "tierpool::task", "{}: task {} started (attempt {attempt})", self.name(), core.id);
+        self.events().emit_with(|| Event::TaskStarted {
+            tier: self.name(),
+            task: core.id,
+            attempt,
+        });
         *slot.current.lock() = Some(core.clone());
+        self.note_run_start(slot, start);
         if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
             // Taken just as shutdown began: it never really starts.
             core.token().cancel(CancelReason::Shutdown);
@@ -229,6 +257,7 @@ impl PoolShared {
         drop(ctx);
         let finished = self.clock.now();
         *now = Some(finished);
+        self.note_run_end(slot);
         self.counters.ran(finished.saturating_duration_since(start));
         // No deadline left over for a later attempt to inherit.
         core.set_watch(u64::MAX, 0);
@@ -238,7 +267,15 @@ impl PoolShared {
             self.counters.stopped_running();
         }
         match end {
-            RunEnd::Settled => core.release_permit(), // outcome recorded by the slot
+            RunEnd::Settled => {
+                // The body settled the slot (and the slot counted it).
+                self.events().emit_with(|| Event::TaskFinished {
+                    tier: self.name(),
+                    task: core.id,
+                    status: core.slot.outcome().unwrap_or(TaskStatus::Completed),
+                });
+                core.release_permit();
+            }
             RunEnd::Late => {
                 self.counters.late_result();
                 core.release_permit();
@@ -343,7 +380,9 @@ impl PoolShared {
     }
 
     pub(super) fn notify_drain(&self) {
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN {
+        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN
+            || self.restarting.load(Ordering::SeqCst)
+        {
             let _g = self.drain_lock.lock();
             self.drain_cv.notify_all();
         }
@@ -356,8 +395,16 @@ impl PoolShared {
         let current = slot.current.lock().take();
         let mut was_zombie = false;
         if let Some(core) = current {
-            core.slot
-                .settle_panicked("the worker thread running it died", &self.counters);
+            if core
+                .slot
+                .settle_panicked("the worker thread running it died", &self.counters)
+            {
+                self.events().emit_with(|| Event::TaskFinished {
+                    tier: self.name(),
+                    task: core.id,
+                    status: TaskStatus::Panicked,
+                });
+            }
             let left = core.finish();
             was_zombie = left == ZOMBIE;
             if left == RUNNING {
@@ -399,6 +446,7 @@ impl PoolShared {
         }
         t.restarts.push_back(now);
         self.counters.worker_restarted();
+        self.thread_restarted(RestartCause::Died);
         log::error!(target: "tierpool::supervisor", "{}: worker {} died outside a task; restarting it",
             self.name(), slot.index);
         if let Err(e) = self.spawn_worker(&mut t) {

@@ -4,9 +4,12 @@
 //! `slot.rs`: exactly one party does), so at every quiescent point
 //! `submitted == completed + failed + panicked + cancelled`.
 
+mod events;
 mod export;
 mod histogram;
 
+pub use events::{Event, RestartCause, ScaleReason};
+pub(crate) use events::{EventBus, DEFAULT_EVENT_CAPACITY};
 pub(crate) use histogram::Histogram;
 pub use histogram::Percentiles;
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use crate::cancel::CancelReason;
 use crate::error::RejectReason;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering, Padded};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, Padded};
 use crate::task::TaskStatus;
 
 #[derive(Default)]
@@ -54,11 +57,19 @@ pub(crate) struct TierCounters {
     running: Padded<AtomicUsize>,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
+    /// The runtime's event bus (an inert one for counters outside a
+    /// runtime).
+    pub(crate) events: Arc<EventBus>,
 }
 
 impl TierCounters {
     pub(crate) fn new() -> Self {
+        Self::with_events(Arc::new(EventBus::new(1)))
+    }
+
+    pub(crate) fn with_events(events: Arc<EventBus>) -> Self {
         TierCounters {
+            events,
             submitted: Padded(Counter::default()),
             rejected: Default::default(),
             completed: Counter::default(),

@@ -50,11 +50,75 @@ type KeySource<K> = Arc<dyn Fn() -> Vec<K> + Send + Sync>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct CacheWarmer<K: Send + 'static> {
+    core: Arc<WarmerCore<K>>,
+}
+
+/// The warmer's parts, shared (weakly) with the runtime's registry.
+struct WarmerCore<K: Send + 'static> {
+    /// Its own timer, or a handle on the runtime's (see
+    /// [`CacheWarmerBuilder::scheduler`]).
     scheduler: Scheduler,
     batches: Arc<BatchProcessor<K>>,
     regular: Option<JobId>,
     critical: Option<JobId>,
 }
+
+impl<K: Send + 'static> WarmerCore<K> {
+    fn jobs(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.regular.iter().chain(&self.critical).copied()
+    }
+
+    /// Stops the cycles: its own timer is shut down; on a shared one its
+    /// jobs are paused (their stats stay readable).
+    fn stop_cycles(&self) {
+        if self.scheduler.owns_timer() {
+            self.scheduler.shutdown();
+        } else {
+            for id in self.jobs() {
+                self.scheduler.pause(id);
+            }
+        }
+    }
+}
+
+impl<K: Send + 'static> Drop for WarmerCore<K> {
+    fn drop(&mut self) {
+        // A shared timer outlives us: take our jobs off it.
+        if !self.scheduler.owns_timer() {
+            for id in self.regular.iter().chain(&self.critical) {
+                self.scheduler.remove(*id);
+            }
+        }
+    }
+}
+
+impl<K: Send + 'static> crate::supervisor::Component for WarmerCore<K> {
+    fn health(&self) -> Vec<crate::health::HealthReason> {
+        let jobs = crate::schedule::SchedulerStats {
+            jobs: self
+                .jobs()
+                .filter_map(|id| self.scheduler.job_stats(id))
+                .collect(),
+        };
+        let mut reasons = crate::schedule::degraded_reasons(&jobs);
+        reasons.extend(self.batches.component().health());
+        reasons
+    }
+
+    fn shutdown_for_runtime(&self, grace: Duration) -> crate::supervisor::WorkerCounts {
+        self.stop_cycles();
+        self.batches.component().shutdown_for_runtime(grace)
+    }
+}
+
+impl<K: Send + 'static> crate::supervisor::Sealed for CacheWarmer<K> {
+    fn registration(&self) -> crate::supervisor::Registration {
+        let weak: crate::sync::Weak<dyn crate::supervisor::Component> =
+            Arc::downgrade(&self.core) as _;
+        crate::supervisor::Registration::worker(weak)
+    }
+}
+impl<K: Send + 'static> crate::supervisor::Supervise for CacheWarmer<K> {}
 
 /// A [`CacheWarmer`]'s numbers: each cycle's job stats and the batches'.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +153,7 @@ pub struct CacheWarmerBuilder<K: Send + 'static> {
     critical_interval: Duration,
     load: Option<LoadRule>,
     seed: Option<u64>,
+    scheduler: Option<Scheduler>,
 }
 
 impl<K: Send + 'static> CacheWarmer<K> {
@@ -111,53 +176,58 @@ impl<K: Send + 'static> CacheWarmer<K> {
             critical_interval: Duration::from_secs(5 * 60),
             load: Some(LoadRule::skip_above(0.8)),
             seed: None,
+            scheduler: None,
         }
     }
 
     /// Runs the regular cycle now (off the grid, ignoring the load rule).
     /// `false` if there is no regular cycle.
     pub fn warm_now(&self) -> bool {
-        self.regular.is_some_and(|id| self.scheduler.trigger(id))
+        let c = &self.core;
+        c.regular.is_some_and(|id| c.scheduler.trigger(id))
     }
 
     /// Runs the critical cycle now. `false` if there is no critical cycle.
     pub fn warm_critical_now(&self) -> bool {
-        self.critical.is_some_and(|id| self.scheduler.trigger(id))
+        let c = &self.core;
+        c.critical.is_some_and(|id| c.scheduler.trigger(id))
     }
 
     /// Pauses both cycles (batches already queued still run).
     pub fn pause(&self) {
-        for id in self.regular.iter().chain(&self.critical) {
-            self.scheduler.pause(*id);
+        for id in self.core.jobs() {
+            self.core.scheduler.pause(id);
         }
     }
 
     /// Resumes both cycles on their grids.
     pub fn resume(&self) {
-        for id in self.regular.iter().chain(&self.critical) {
-            self.scheduler.resume(*id);
+        for id in self.core.jobs() {
+            self.core.scheduler.resume(id);
         }
     }
 
     /// The numbers now.
     pub fn stats(&self) -> CacheWarmerStats {
+        let c = &self.core;
         CacheWarmerStats {
-            regular: self.regular.and_then(|id| self.scheduler.job_stats(id)),
-            critical: self.critical.and_then(|id| self.scheduler.job_stats(id)),
-            batches: self.batches.stats(),
+            regular: c.regular.and_then(|id| c.scheduler.job_stats(id)),
+            critical: c.critical.and_then(|id| c.scheduler.job_stats(id)),
+            batches: c.batches.stats(),
         }
     }
 
     /// The batch processor doing the warm calls (dead letters, stats).
     pub fn batches(&self) -> &BatchProcessor<K> {
-        &self.batches
+        &self.core.batches
     }
 
     /// Stops the cycles, then the batches (see
-    /// [`BatchProcessor::shutdown`]); returns the keys not warmed.
+    /// [`BatchProcessor::shutdown`]); returns the keys not warmed. On the
+    /// runtime's scheduler the cycles are paused, not the timer.
     pub fn shutdown(&self, grace: Duration) -> BatchReport<K> {
-        self.scheduler.shutdown();
-        self.batches.shutdown(grace)
+        self.core.stop_cycles();
+        self.core.batches.shutdown(grace)
     }
 }
 
@@ -227,6 +297,27 @@ impl<K: Send + 'static> CacheWarmerBuilder<K> {
         self
     }
 
+    /// Runs the cycles on `scheduler` (normally the runtime's,
+    /// [`Runtime::scheduler`](crate::Runtime::scheduler)) instead of
+    /// starting a timer thread of its own. Its seed then governs the
+    /// cycles' jitter.
+    ///
+    /// ```
+    /// use tierpool::{CacheWarmer, Runtime};
+    /// let rt = Runtime::builder().build()?;
+    /// let warmer = CacheWarmer::builder(rt.background(), |_: &u32| Ok::<_, String>(()))
+    ///     .regular_keys(|| vec![1, 2, 3])
+    ///     .scheduler(rt.scheduler())
+    ///     .build()?;
+    /// assert_eq!(rt.scheduler().stats().jobs.len(), 1);
+    /// rt.register("cache-warmer", &warmer);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scheduler(mut self, scheduler: &Scheduler) -> Self {
+        self.scheduler = Some(scheduler.shared_handle());
+        self
+    }
+
     /// Seeds the schedule's and the retries' jitter.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -243,11 +334,16 @@ impl<K: Send + 'static> CacheWarmerBuilder<K> {
             );
         }
         let batches = Arc::new(self.batches.build()?);
-        let mut sb = Scheduler::builder(&self.tier);
-        if let Some(seed) = self.seed {
-            sb = sb.seed(seed);
-        }
-        let scheduler = sb.build()?;
+        let scheduler = match self.scheduler {
+            Some(shared) => shared,
+            None => {
+                let mut sb = Scheduler::builder(&self.tier);
+                if let Some(seed) = self.seed {
+                    sb = sb.seed(seed);
+                }
+                sb.build()?
+            }
+        };
         let add = |name: &str,
                    interval: Duration,
                    source: Option<KeySource<K>>,
@@ -256,7 +352,7 @@ impl<K: Send + 'static> CacheWarmerBuilder<K> {
             let Some(source) = source else {
                 return Ok(None);
             };
-            let mut job = scheduler.every(interval).name(name);
+            let mut job = scheduler.every(interval).name(name).tier(&self.tier);
             if let Some(rule) = self.load {
                 job = job.load_aware(rule);
             }
@@ -278,10 +374,12 @@ impl<K: Send + 'static> CacheWarmerBuilder<K> {
             Priority::High,
         )?;
         Ok(CacheWarmer {
-            scheduler,
-            batches,
-            regular,
-            critical,
+            core: Arc::new(WarmerCore {
+                scheduler,
+                batches,
+                regular,
+                critical,
+            }),
         })
     }
 }

@@ -204,3 +204,10 @@ impl<I: Send + 'static> ReEnricherBuilder<I> {
         })
     }
 }
+
+impl<I: Send + 'static> crate::supervisor::Sealed for ReEnricher<I> {
+    fn registration(&self) -> crate::supervisor::Registration {
+        self.batches.registration()
+    }
+}
+impl<I: Send + 'static> crate::supervisor::Supervise for ReEnricher<I> {}

@@ -240,3 +240,31 @@ pub fn advance_until(m: &ManualClock, step: Duration, what: &str, mut cond: impl
 
 /// A generous real-time limit for waits on threads reacting.
 pub const LONG: Duration = Duration::from_secs(20);
+
+/// A gate tasks wait at until the test opens it; counts who arrived.
+#[derive(Clone, Default)]
+pub struct CountingGate(std::sync::Arc<(std::sync::Mutex<(bool, u32)>, std::sync::Condvar)>);
+
+impl CountingGate {
+    /// Arrive, then wait (in short real-time slices) until opened.
+    pub fn pass(&self) {
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap();
+        g.1 += 1;
+        cv.notify_all();
+        while !g.0 {
+            g = cv.wait_timeout(g, Duration::from_millis(20)).unwrap().0;
+        }
+    }
+
+    /// How many arrived.
+    pub fn entered(&self) -> u32 {
+        self.0 .0.lock().unwrap().1
+    }
+
+    /// Lets everyone through, now and later.
+    pub fn open(&self) {
+        self.0 .0.lock().unwrap().0 = true;
+        self.0 .1.notify_all();
+    }
+}
