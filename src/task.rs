@@ -37,7 +37,7 @@ use crate::error::TaskError;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
 use crate::slot::{Settle, Slot, TaskResult};
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicU32, AtomicU8, Mutex, Ordering, Weak};
 use crate::telemetry::TierCounters;
 
 /// A task's id, unique within the process.
@@ -46,8 +46,10 @@ pub struct TaskId(u64);
 
 impl TaskId {
     pub(crate) fn next() -> TaskId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        TaskId(NEXT.fetch_add(1, Ordering::Relaxed))
+        // A process-wide id source, not part of any protocol: std's atomic
+        // even under loom (whose atomics cannot live in a `static`).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        TaskId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The number behind the id.
