@@ -6,6 +6,7 @@
 //! in [`README.md`](./README.md) beside this file.
 
 pub(crate) mod config;
+mod gate;
 mod shutdown;
 mod worker;
 
@@ -26,15 +27,13 @@ use crate::priority::Priority;
 use crate::queue::PriorityQueue;
 use crate::slot::Slot;
 use crate::stats::TierStats;
-use crate::sync::{fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Weak};
+use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, Weak};
 use crate::task::{Body, Job, TaskCore, TaskHandle, TaskOptions, Work};
 use crate::telemetry::TierCounters;
 use crate::watchdog::Watchdog;
 use config::TierConfig;
 
-const OPEN: u8 = 0;
-const DRAINING: u8 = 1;
-const STOPPING: u8 = 2;
+use gate::{Gate, OPEN, STOPPING};
 
 /// A worker thread's public face: what it is running now.
 pub(crate) struct WorkerSlot {
@@ -81,10 +80,9 @@ pub(crate) struct PoolShared {
     reserved_total: AtomicUsize,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
-    lifecycle: AtomicU8,
+    /// The lifecycle flag and the submitters past it (see `gate.rs`).
+    gate: Gate,
     paused: AtomicBool,
-    /// Submitters between their lifecycle check and their push.
-    submitting: AtomicUsize,
     drain_lock: Mutex<()>,
     drain_cv: Condvar,
     cancelled_at_stop: AtomicUsize,
@@ -124,9 +122,8 @@ impl PoolShared {
             reserved_total: AtomicUsize::new(0),
             bell_tx,
             bell_rx,
-            lifecycle: AtomicU8::new(OPEN),
+            gate: Gate::new(),
             paused: AtomicBool::new(false),
-            submitting: AtomicUsize::new(0),
             drain_lock: Mutex::new(()),
             drain_cv: Condvar::new(),
             cancelled_at_stop: AtomicUsize::new(0),
@@ -168,10 +165,8 @@ impl PoolShared {
     {
         // Announce ourselves before looking at the lifecycle, so shutdown
         // can wait for us to finish pushing (none stranded).
-        self.submitting.fetch_add(1, Ordering::SeqCst);
-        let r = self.admit(opts, f, make_body);
-        self.submitting.fetch_sub(1, Ordering::SeqCst);
-        r
+        let _pass = self.gate.enter();
+        self.admit(opts, f, make_body)
     }
 
     fn admit<T, E, F>(
@@ -184,7 +179,7 @@ impl PoolShared {
         T: Send + 'static,
         E: Send + 'static,
     {
-        if self.lifecycle.load(Ordering::SeqCst) != OPEN {
+        if self.gate.state() != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
         }
         let permit = match self.admission.try_acquire(opts.user.as_ref()) {
@@ -420,8 +415,8 @@ impl PoolShared {
         log::error!(target: "tierpool::watchdog",
             "task {} on {} ignored cancellation for {:?}: zombie ({} now); starting a replacement worker",
             core.id, core.tier, self.config.cancel_grace, t.zombies);
-        let may_replace = t.zombies <= self.config.max_zombie_replacements
-            && self.lifecycle.load(Ordering::SeqCst) != STOPPING;
+        let may_replace =
+            t.zombies <= self.config.max_zombie_replacements && self.gate.state() != STOPPING;
         if may_replace && t.live < self.config.max_workers {
             if let Err(e) = self.spawn_worker(&mut t) {
                 log::error!(target: "tierpool::pool", "{}: could not start a replacement worker: {e}", self.name());

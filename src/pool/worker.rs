@@ -52,7 +52,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             idle_since = pool.clock.now();
             continue;
         }
-        if pool.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if pool.gate.state() == STOPPING {
             break;
         }
         if pool.wait_for_work(idle_since) && pool.try_retire(&slot) {
@@ -75,7 +75,7 @@ impl WorkerSlot {
 impl PoolShared {
     /// Which levels a worker may take from now.
     fn allowed_levels(&self) -> [bool; 4] {
-        let open = self.lifecycle.load(Ordering::SeqCst) != STOPPING
+        let open = self.gate.state() != STOPPING
             && !self.is_paused()
             && self.memory.allows_work(&self.clock);
         if !open {
@@ -137,7 +137,7 @@ impl PoolShared {
     /// Leaves if the tier is above its minimum (scale-down).
     fn try_retire(&self, slot: &WorkerSlot) -> bool {
         let mut t = self.threads.lock();
-        if t.live <= self.config.min_workers || self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if t.live <= self.config.min_workers || self.gate.state() == STOPPING {
             return false;
         }
         t.live -= 1;
@@ -184,7 +184,7 @@ impl PoolShared {
         let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
         self.counters.started(waited);
         *slot.current.lock() = Some(core.clone());
-        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if self.gate.state() == STOPPING {
             // Taken just as shutdown began: it never really starts.
             token.cancel(CancelReason::Shutdown);
             if core.settle_cancelled(CancelReason::Shutdown) {
@@ -234,7 +234,7 @@ impl PoolShared {
     /// Puts a preempted restartable task back in its queue.
     fn restart(&self, job: Job) {
         let core = job.core.clone();
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN || !core.requeue() {
+        if self.gate.state() != super::OPEN || !core.requeue() {
             // Still DONE, so dropping the job does nothing more.
             core.settle_cancelled(CancelReason::Preempted);
             core.release_permit();
@@ -301,11 +301,11 @@ impl PoolShared {
     }
 
     pub(crate) fn accepts_retries(&self) -> bool {
-        self.lifecycle.load(Ordering::SeqCst) != STOPPING
+        self.gate.state() != STOPPING
     }
 
     pub(super) fn notify_drain(&self) {
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN {
+        if self.gate.state() != super::OPEN {
             let _g = self.drain_lock.lock();
             self.drain_cv.notify_all();
         }
@@ -338,7 +338,7 @@ impl PoolShared {
             self.live.store(t.live, Ordering::Release);
         }
         self.forget_thread(&mut t, slot.index);
-        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if self.gate.state() == STOPPING {
             return;
         }
         let now = self.clock.now();
