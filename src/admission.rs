@@ -238,38 +238,42 @@ mod loom_tests {
     /// permits are dropped every count is back to zero and the user map is
     /// empty.
     fn race_for_places(name: &str, max_in_flight: usize, per_user: Option<usize>) {
-        loom_model(name, |_| {}, move || {
-            let a = Arc::new(Admission::new(Some(max_in_flight), per_user));
-            let user: Arc<str> = Arc::from("u");
-            let holding = Arc::new(AtomicUsize::new(0));
-            let bound = per_user.unwrap_or(max_in_flight).min(max_in_flight);
-            let racers: Vec<_> = (0..2)
-                .map(|_| {
-                    let (a, user, holding) = (a.clone(), user.clone(), holding.clone());
-                    loom::thread::spawn(move || {
-                        let Ok(permit) = a.try_acquire(Some(&user)) else {
+        loom_model(
+            name,
+            |_| {},
+            move || {
+                let a = Arc::new(Admission::new(Some(max_in_flight), per_user));
+                let user: Arc<str> = Arc::from("u");
+                let holding = Arc::new(AtomicUsize::new(0));
+                let bound = per_user.unwrap_or(max_in_flight).min(max_in_flight);
+                let racers: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (a, user, holding) = (a.clone(), user.clone(), holding.clone());
+                        loom::thread::spawn(move || {
+                            let Ok(permit) = a.try_acquire(Some(&user)) else {
+                                assert!(a.in_flight() <= max_in_flight);
+                                return false;
+                            };
+                            let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= bound, "{now} permits held, bound {bound}");
                             assert!(a.in_flight() <= max_in_flight);
-                            return false;
-                        };
-                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
-                        assert!(now <= bound, "{now} permits held, bound {bound}");
-                        assert!(a.in_flight() <= max_in_flight);
-                        holding.fetch_sub(1, Ordering::SeqCst);
-                        drop(permit);
-                        true
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                            drop(permit);
+                            true
+                        })
                     })
-                })
-                .collect();
-            let granted = racers
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|&ok| ok)
-                .count();
-            assert!(granted >= 1, "someone always gets the first place");
-            assert_eq!(a.in_flight(), 0, "every permit returned");
-            assert_eq!(a.user_in_flight("u"), 0);
-            assert!(a.users.lock().is_empty(), "user map cleaned up");
-        });
+                    .collect();
+                let granted = racers
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|&ok| ok)
+                    .count();
+                assert!(granted >= 1, "someone always gets the first place");
+                assert_eq!(a.in_flight(), 0, "every permit returned");
+                assert_eq!(a.user_in_flight("u"), 0);
+                assert!(a.users.lock().is_empty(), "user map cleaned up");
+            },
+        );
     }
 
     #[test]
@@ -289,57 +293,67 @@ mod loom_tests {
     /// (invariant 3).
     #[test]
     fn loom_room_waiter_never_misses_a_release() {
-        loom_model("room_waiter_never_misses_a_release", |_| {}, || {
-            let a = Arc::new(Admission::new(Some(1), None));
-            let held = a.try_acquire(None).unwrap();
-            let releaser = loom::thread::spawn(move || drop(held));
-            let a2 = a.clone();
-            let submitter = loom::thread::spawn(move || {
-                let clock = Clock::system();
-                let mut waiter = a2.room_waiter();
-                loop {
-                    match a2.try_acquire(None) {
-                        Ok(p) => return p,
-                        Err(RejectReason::TierLimit { .. }) => assert!(waiter.wait(&clock, None)),
-                        Err(other) => panic!("unexpected rejection {other:?}"),
+        loom_model(
+            "room_waiter_never_misses_a_release",
+            |_| {},
+            || {
+                let a = Arc::new(Admission::new(Some(1), None));
+                let held = a.try_acquire(None).unwrap();
+                let releaser = loom::thread::spawn(move || drop(held));
+                let a2 = a.clone();
+                let submitter = loom::thread::spawn(move || {
+                    let clock = Clock::system();
+                    let mut waiter = a2.room_waiter();
+                    loop {
+                        match a2.try_acquire(None) {
+                            Ok(p) => return p,
+                            Err(RejectReason::TierLimit { .. }) => {
+                                assert!(waiter.wait(&clock, None))
+                            }
+                            Err(other) => panic!("unexpected rejection {other:?}"),
+                        }
                     }
-                }
-            });
-            releaser.join().unwrap();
-            let permit = submitter.join().unwrap();
-            assert_eq!(a.in_flight(), 1);
-            assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
-            drop(permit);
-            assert_eq!(a.in_flight(), 0);
-        });
+                });
+                releaser.join().unwrap();
+                let permit = submitter.join().unwrap();
+                assert_eq!(a.in_flight(), 1);
+                assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
+                drop(permit);
+                assert_eq!(a.in_flight(), 0);
+            },
+        );
     }
 
     /// A submitter whose deadline has already passed gives up instead of
     /// waiting, and leaves nothing behind: no permit, no announced waiter.
     #[test]
     fn loom_abandoned_wait_leaks_nothing() {
-        loom_model("abandoned_wait_leaks_nothing", |_| {}, || {
-            let manual = crate::ManualClock::new();
-            let clock = manual.clock();
-            let a = Arc::new(Admission::new(Some(1), None));
-            let held = a.try_acquire(None).unwrap();
-            let releaser = loom::thread::spawn(move || drop(held));
-            let a2 = a.clone();
-            let submitter = loom::thread::spawn(move || {
-                let deadline = Some(clock.now());
-                let mut waiter = a2.room_waiter();
-                loop {
-                    match a2.try_acquire(None) {
-                        Ok(p) => return Some(p),
-                        Err(_) if !waiter.wait(&clock, deadline) => return None,
-                        Err(_) => {}
+        loom_model(
+            "abandoned_wait_leaks_nothing",
+            |_| {},
+            || {
+                let manual = crate::ManualClock::new();
+                let clock = manual.clock();
+                let a = Arc::new(Admission::new(Some(1), None));
+                let held = a.try_acquire(None).unwrap();
+                let releaser = loom::thread::spawn(move || drop(held));
+                let a2 = a.clone();
+                let submitter = loom::thread::spawn(move || {
+                    let deadline = Some(clock.now());
+                    let mut waiter = a2.room_waiter();
+                    loop {
+                        match a2.try_acquire(None) {
+                            Ok(p) => return Some(p),
+                            Err(_) if !waiter.wait(&clock, deadline) => return None,
+                            Err(_) => {}
+                        }
                     }
-                }
-            });
-            releaser.join().unwrap();
-            drop(submitter.join().unwrap());
-            assert_eq!(a.in_flight(), 0, "no permit leaked");
-            assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
-        });
+                });
+                releaser.join().unwrap();
+                drop(submitter.join().unwrap());
+                assert_eq!(a.in_flight(), 0, "no permit leaked");
+                assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
+            },
+        );
     }
 }

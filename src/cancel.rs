@@ -254,31 +254,35 @@ mod loom_tests {
     /// waiter always wakes (a lost notification is a loom deadlock).
     #[test]
     fn loom_cancel_races_observer_and_waiter() {
-        loom_model("cancel_races_observer_and_waiter", |_| {}, || {
-            let t = CancelToken::new();
-            let (t1, t2) = (t.clone(), t.clone());
-            let timeout = loom::thread::spawn(move || t1.cancel(CancelReason::Timeout));
-            let caller = loom::thread::spawn(move || {
-                let seen = t2.is_cancelled();
-                if seen {
-                    assert!(t2.reason().is_some(), "flag set without a reason");
+        loom_model(
+            "cancel_races_observer_and_waiter",
+            |_| {},
+            || {
+                let t = CancelToken::new();
+                let (t1, t2) = (t.clone(), t.clone());
+                let timeout = loom::thread::spawn(move || t1.cancel(CancelReason::Timeout));
+                let caller = loom::thread::spawn(move || {
+                    let seen = t2.is_cancelled();
+                    if seen {
+                        assert!(t2.reason().is_some(), "flag set without a reason");
+                    }
+                    (seen, t2.cancel(CancelReason::Caller))
+                });
+                let woke = t.wait_until(&Clock::system(), None);
+                let won_timeout = timeout.join().unwrap();
+                let (saw_cancelled, won_caller) = caller.join().unwrap();
+                assert!(won_timeout ^ won_caller, "exactly one cancel wins");
+                if saw_cancelled {
+                    assert!(won_timeout, "the caller saw it cancelled, so it lost");
                 }
-                (seen, t2.cancel(CancelReason::Caller))
-            });
-            let woke = t.wait_until(&Clock::system(), None);
-            let won_timeout = timeout.join().unwrap();
-            let (saw_cancelled, won_caller) = caller.join().unwrap();
-            assert!(won_timeout ^ won_caller, "exactly one cancel wins");
-            if saw_cancelled {
-                assert!(won_timeout, "the caller saw it cancelled, so it lost");
-            }
-            let winner = if won_timeout {
-                CancelReason::Timeout
-            } else {
-                CancelReason::Caller
-            };
-            assert_eq!(t.reason(), Some(winner));
-            assert_eq!(woke, Err(Cancelled::new(winner)), "waiter saw the winner");
-        });
+                let winner = if won_timeout {
+                    CancelReason::Timeout
+                } else {
+                    CancelReason::Caller
+                };
+                assert_eq!(t.reason(), Some(winner));
+                assert_eq!(woke, Err(Cancelled::new(winner)), "waiter saw the winner");
+            },
+        );
     }
 }
