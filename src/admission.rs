@@ -19,7 +19,9 @@
 //!    was reached (the global count or the user's count was at its limit).
 //!    That loses nothing: a submitter rejected by a limit saw the count at
 //!    it, and the first release after that starts from it. (Queue room is
-//!    signalled by the pool when a level drains to half its capacity.)
+//!    signalled by the pool when a level drains to half its capacity.) A
+//!    SeqCst fence between announcing and trying, and between releasing and
+//!    looking for waiters, makes one side see the other (checked by loom).
 //!
 //! # Deadlock safety
 //!
@@ -30,7 +32,7 @@ use std::time::Instant;
 
 use crate::clock::Clock;
 use crate::error::RejectReason;
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 
 pub(crate) struct Admission {
     max_in_flight: Option<usize>,
@@ -136,6 +138,13 @@ impl Admission {
 
     /// Wakes blocked submitters, if any announced themselves (invariant 3).
     pub(crate) fn notify_room(&self) {
+        // Pairs with the fence in `room_waiter`: the freed place (an
+        // AcqRel decrement of `in_flight`, or a queue place) and the
+        // waiter's announcement are different atomics, so without a fence
+        // on both sides the waiter's try can miss the place while we miss
+        // the waiter (store buffering; found by the loom model
+        // `loom_room_waiter_never_misses_a_release`).
+        fence(Ordering::SeqCst);
         if self.room_waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.room.lock();
             self.room_gen.fetch_add(1, Ordering::SeqCst);
@@ -146,6 +155,8 @@ impl Admission {
     /// Announces a blocked submitter; see [`RoomWaiter`].
     pub(crate) fn room_waiter(&self) -> RoomWaiter<'_> {
         self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        // Announce before the first try; see `notify_room`.
+        fence(Ordering::SeqCst);
         RoomWaiter {
             admission: self,
             seen: self.room_gen.load(Ordering::SeqCst),
@@ -312,5 +323,138 @@ mod tests {
                 prop_assert!(a.users.lock().is_empty());
             }
         }
+    }
+}
+
+/// loom models of the limiter (run by `.ci/loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_model;
+
+    /// Two submitters of the same user race for places; each holds its
+    /// permit while it checks how many are held. Neither limit is ever
+    /// exceeded (`in_flight` may briefly hold a place the per-user check
+    /// then gives back, but never past `max_in_flight`), and once the
+    /// permits are dropped every count is back to zero and the user map is
+    /// empty.
+    fn race_for_places(name: &str, max_in_flight: usize, per_user: Option<usize>) {
+        loom_model(
+            name,
+            |_| {},
+            move || {
+                let a = Arc::new(Admission::new(Some(max_in_flight), per_user));
+                let user: Arc<str> = Arc::from("u");
+                let holding = Arc::new(AtomicUsize::new(0));
+                let bound = per_user.unwrap_or(max_in_flight).min(max_in_flight);
+                let racers: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (a, user, holding) = (a.clone(), user.clone(), holding.clone());
+                        loom::thread::spawn(move || {
+                            let Ok(permit) = a.try_acquire(Some(&user)) else {
+                                assert!(a.in_flight() <= max_in_flight);
+                                return false;
+                            };
+                            let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= bound, "{now} permits held, bound {bound}");
+                            assert!(a.in_flight() <= max_in_flight);
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                            drop(permit);
+                            true
+                        })
+                    })
+                    .collect();
+                let granted = racers
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|&ok| ok)
+                    .count();
+                assert!(granted >= 1, "someone always gets the first place");
+                assert_eq!(a.in_flight(), 0, "every permit returned");
+                assert_eq!(a.user_in_flight("u"), 0);
+                assert!(a.users.lock().is_empty(), "user map cleaned up");
+            },
+        );
+    }
+
+    #[test]
+    fn loom_global_limit_never_exceeded() {
+        race_for_places("global_limit_never_exceeded", 1, None);
+    }
+
+    #[test]
+    fn loom_per_user_limit_never_exceeded() {
+        race_for_places("per_user_limit_never_exceeded", 2, Some(1));
+    }
+
+    /// A blocking submitter (announce, try, wait, retry — the loop in
+    /// `Tier::submit_inner`) against the one holder of the only place
+    /// releasing it: the submitter always gets the place. The waits have
+    /// no deadline, so a release it slept through is a loom deadlock
+    /// (invariant 3).
+    #[test]
+    fn loom_room_waiter_never_misses_a_release() {
+        loom_model(
+            "room_waiter_never_misses_a_release",
+            |_| {},
+            || {
+                let a = Arc::new(Admission::new(Some(1), None));
+                let held = a.try_acquire(None).unwrap();
+                let releaser = loom::thread::spawn(move || drop(held));
+                let a2 = a.clone();
+                let submitter = loom::thread::spawn(move || {
+                    let clock = Clock::system();
+                    let mut waiter = a2.room_waiter();
+                    loop {
+                        match a2.try_acquire(None) {
+                            Ok(p) => return p,
+                            Err(RejectReason::TierLimit { .. }) => {
+                                assert!(waiter.wait(&clock, None))
+                            }
+                            Err(other) => panic!("unexpected rejection {other:?}"),
+                        }
+                    }
+                });
+                releaser.join().unwrap();
+                let permit = submitter.join().unwrap();
+                assert_eq!(a.in_flight(), 1);
+                assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
+                drop(permit);
+                assert_eq!(a.in_flight(), 0);
+            },
+        );
+    }
+
+    /// A submitter whose deadline has already passed gives up instead of
+    /// waiting, and leaves nothing behind: no permit, no announced waiter.
+    #[test]
+    fn loom_abandoned_wait_leaks_nothing() {
+        loom_model(
+            "abandoned_wait_leaks_nothing",
+            |_| {},
+            || {
+                let manual = crate::ManualClock::new();
+                let clock = manual.clock();
+                let a = Arc::new(Admission::new(Some(1), None));
+                let held = a.try_acquire(None).unwrap();
+                let releaser = loom::thread::spawn(move || drop(held));
+                let a2 = a.clone();
+                let submitter = loom::thread::spawn(move || {
+                    let deadline = Some(clock.now());
+                    let mut waiter = a2.room_waiter();
+                    loop {
+                        match a2.try_acquire(None) {
+                            Ok(p) => return Some(p),
+                            Err(_) if !waiter.wait(&clock, deadline) => return None,
+                            Err(_) => {}
+                        }
+                    }
+                });
+                releaser.join().unwrap();
+                drop(submitter.join().unwrap());
+                assert_eq!(a.in_flight(), 0, "no permit leaked");
+                assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
+            },
+        );
     }
 }

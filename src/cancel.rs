@@ -257,3 +257,49 @@ mod tests {
         assert_eq!(CancelReason::from_code(200), None);
     }
 }
+
+/// loom models of the token (run by `.ci/loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_model;
+
+    /// Two cancellers with different reasons race each other, an observer
+    /// reading `is_cancelled`/`reason`, and a waiter blocked without a
+    /// deadline: exactly one `cancel` wins, its reason is the one everybody
+    /// sees, an observer that sees the flag also sees a reason, and the
+    /// waiter always wakes (a lost notification is a loom deadlock).
+    #[test]
+    fn loom_cancel_races_observer_and_waiter() {
+        loom_model(
+            "cancel_races_observer_and_waiter",
+            |_| {},
+            || {
+                let t = CancelToken::new();
+                let (t1, t2) = (t.clone(), t.clone());
+                let timeout = loom::thread::spawn(move || t1.cancel(CancelReason::Timeout));
+                let caller = loom::thread::spawn(move || {
+                    let seen = t2.is_cancelled();
+                    if seen {
+                        assert!(t2.reason().is_some(), "flag set without a reason");
+                    }
+                    (seen, t2.cancel(CancelReason::Caller))
+                });
+                let woke = t.wait_until(&Clock::system(), None);
+                let won_timeout = timeout.join().unwrap();
+                let (saw_cancelled, won_caller) = caller.join().unwrap();
+                assert!(won_timeout ^ won_caller, "exactly one cancel wins");
+                if saw_cancelled {
+                    assert!(won_timeout, "the caller saw it cancelled, so it lost");
+                }
+                let winner = if won_timeout {
+                    CancelReason::Timeout
+                } else {
+                    CancelReason::Caller
+                };
+                assert_eq!(t.reason(), Some(winner));
+                assert_eq!(woke, Err(Cancelled::new(winner)), "waiter saw the winner");
+            },
+        );
+    }
+}

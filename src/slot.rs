@@ -216,3 +216,86 @@ mod tests {
         assert!(s.take_until(&c, Some(d)).is_none());
     }
 }
+
+/// loom models of the slot (run by `.ci/loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_model;
+    use crate::sync::{Arc, AtomicUsize, Ordering};
+
+    /// A task value that counts its drops: a leaked or twice-dropped
+    /// loser shows up in the count.
+    struct Tracked(Arc<AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker completes, the watchdog times the task out and the
+    /// caller cancels it, all at once, while the handle waits: exactly one
+    /// settle wins, each loser gets its own value back, the counters hold
+    /// exactly one outcome (the winner's), the waiter wakes with it, and
+    /// the task's value is dropped exactly once whoever won.
+    #[test]
+    fn loom_completion_timeout_and_cancel_settle_once() {
+        // Reading the whole counter snapshot at the end is hundreds of
+        // atomic loads, each a (single-choice) loom branch.
+        let more_branches = |b: &mut loom::model::Builder| b.max_branches = 20_000;
+        loom_model(
+            "completion_timeout_and_cancel_settle_once",
+            more_branches,
+            || {
+                let slot: Arc<Slot<Tracked, ()>> = Arc::new(Slot::new());
+                let counters = Arc::new(TierCounters::new());
+                let drops = Arc::new(AtomicUsize::new(0));
+
+                let (s, c, d) = (slot.clone(), counters.clone(), drops.clone());
+                let worker = loom::thread::spawn(move || match s.settle(Ok(Tracked(d)), &c) {
+                    Ok(status) => Some(status),
+                    Err(loser) => {
+                        assert!(loser.is_ok(), "the worker got its own value back");
+                        None
+                    }
+                });
+                let (s, c) = (slot.clone(), counters.clone());
+                let watchdog = loom::thread::spawn(move || {
+                    s.settle_cancelled(CancelReason::Timeout, &c)
+                        .then_some(TaskStatus::Cancelled(CancelReason::Timeout))
+                });
+                let (s, c) = (slot.clone(), counters.clone());
+                let caller = loom::thread::spawn(move || {
+                    s.settle_cancelled(CancelReason::Caller, &c)
+                        .then_some(TaskStatus::Cancelled(CancelReason::Caller))
+                });
+
+                let got = slot.take_wait();
+                let got_status = status_of(&got);
+                drop(got);
+
+                let winners: Vec<TaskStatus> = [worker, watchdog, caller]
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap())
+                    .collect();
+                assert_eq!(winners.len(), 1, "exactly one settle wins: {winners:?}");
+                assert_eq!(winners[0], got_status, "the waiter got the winner");
+                assert_eq!(slot.outcome(), Some(got_status));
+
+                let snap = counters.snapshot();
+                let recorded = snap.completed
+                    + snap.failed
+                    + snap.panicked
+                    + snap.cancelled.iter().sum::<u64>();
+                assert_eq!(recorded, 1, "one outcome recorded");
+                match got_status {
+                    TaskStatus::Completed => assert_eq!(snap.completed, 1),
+                    TaskStatus::Cancelled(r) => assert_eq!(snap.cancelled[r.index()], 1),
+                    other => panic!("unexpected outcome {other:?}"),
+                }
+                assert_eq!(drops.load(Ordering::Relaxed), 1, "value dropped once");
+            },
+        );
+    }
+}

@@ -46,8 +46,10 @@ pub struct TaskId(u64);
 
 impl TaskId {
     pub(crate) fn next() -> TaskId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        TaskId(NEXT.fetch_add(1, Ordering::Relaxed))
+        // A process-wide id source, not part of any protocol: std's atomic
+        // even under loom (whose atomics cannot live in a `static`).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        TaskId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The number behind the id.

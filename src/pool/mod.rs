@@ -6,6 +6,7 @@
 //! in [`README.md`](./README.md) beside this file.
 
 pub(crate) mod config;
+mod gate;
 mod shutdown;
 mod worker;
 
@@ -27,8 +28,7 @@ use crate::queue::PriorityQueue;
 use crate::runtime::PhaseDeadline;
 use crate::stats::TierStats;
 use crate::sync::{
-    fence, Arc, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Padded,
-    Weak,
+    fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Padded, Weak,
 };
 use crate::task::{
     Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work, ZOMBIE,
@@ -42,9 +42,7 @@ use config::{TierConfig, MAX_WORKERS_LIMIT};
 /// themselves; they only need to be rung, so this is a safety bound.
 const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
 
-const OPEN: u8 = 0;
-const DRAINING: u8 = 1;
-const STOPPING: u8 = 2;
+use gate::{Gate, OPEN, STOPPING};
 
 /// A worker thread's public face: what it is running now.
 pub(crate) struct WorkerSlot {
@@ -131,10 +129,9 @@ pub(crate) struct PoolShared {
     reserved_total: Padded<AtomicUsize>,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
-    lifecycle: AtomicU8,
+    /// The lifecycle flag and the submitters past it (see `gate.rs`).
+    gate: Gate,
     paused: AtomicBool,
-    /// Submitters between their lifecycle check and their push.
-    submitting: Padded<AtomicUsize>,
     drain_lock: Mutex<()>,
     drain_cv: Condvar,
     cancelled_at_stop: AtomicUsize,
@@ -190,9 +187,8 @@ impl PoolShared {
             reserved_total: Padded(AtomicUsize::new(0)),
             bell_tx,
             bell_rx,
-            lifecycle: AtomicU8::new(OPEN),
+            gate: Gate::new(),
             paused: AtomicBool::new(false),
-            submitting: Padded(AtomicUsize::new(0)),
             drain_lock: Mutex::new(()),
             drain_cv: Condvar::new(),
             cancelled_at_stop: AtomicUsize::new(0),
@@ -248,10 +244,8 @@ impl PoolShared {
     {
         // Announce ourselves before looking at the lifecycle, so shutdown
         // can wait for us to finish pushing (none stranded).
-        self.submitting.fetch_add(1, Ordering::SeqCst);
-        let r = self.admit(opts, f, make_body);
-        self.submitting.fetch_sub(1, Ordering::SeqCst);
-        r
+        let _pass = self.gate.enter();
+        self.admit(opts, f, make_body)
     }
 
     fn admit<T, E, F, B>(
@@ -265,7 +259,7 @@ impl PoolShared {
         E: Send + 'static,
         B: Body<T, E>,
     {
-        if self.lifecycle.load(Ordering::SeqCst) != OPEN {
+        if self.gate.state() != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
         }
         // The queue place first, then the permit: a rejection then never
@@ -549,8 +543,8 @@ impl PoolShared {
         log::error!(target: "tierpool::watchdog",
             "task {} on {} ignored cancellation for {:?}: zombie ({} now); starting a replacement worker",
             core.id, core.tier, self.config.cancel_grace, t.zombies);
-        let may_replace = t.zombies <= self.config.max_zombie_replacements
-            && self.lifecycle.load(Ordering::SeqCst) != STOPPING;
+        let may_replace =
+            t.zombies <= self.config.max_zombie_replacements && self.gate.state() != STOPPING;
         if may_replace && t.live < self.config.max_workers {
             match self.spawn_worker(&mut t) {
                 Ok(()) => self.events().emit_with(|| Event::PoolScaled {
@@ -776,7 +770,7 @@ impl PoolShared {
         deadline: PhaseDeadline,
     ) -> Option<RestartOutcome> {
         let _one_at_a_time = self.restart_lock.lock();
-        if self.lifecycle.load(Ordering::SeqCst) != OPEN {
+        if self.gate.state() != OPEN {
             return None;
         }
         self.restarting.store(true, Ordering::SeqCst);
@@ -868,7 +862,7 @@ impl PoolShared {
         t.live -= 1;
         self.live.store(t.live, Ordering::Release);
         self.forget_thread(&mut t, slot.index);
-        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if self.gate.state() == STOPPING {
             return;
         }
         match self.spawn_worker(&mut t) {

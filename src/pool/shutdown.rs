@@ -3,16 +3,17 @@
 //!
 //! # Invariants
 //!
-//! 1. After `stop`, nothing new enters the queue: the lifecycle flag is
-//!    set first, then `stop` waits for submitters already past their check
-//!    (`submitting`) before it empties the queue. So every task is either
-//!    rejected with `ShuttingDown` or reaches an outcome; none is stranded.
+//! 1. After `stop`, nothing new enters the queue: the gate is closed
+//!    first (the lifecycle flag set, then the submitters already past their
+//!    check waited out, see `gate.rs`) before it empties the queue. So every
+//!    task is either rejected with `ShuttingDown` or reaches an outcome;
+//!    none is stranded (loom model in `gate.rs`).
 //! 2. Every task drained from the queue is settled as cancelled (shutdown)
 //!    and listed as never started.
 //! 3. No thread is waited on forever: threads still inside a task after
 //!    the cancel grace are declared zombies, reported, and detached.
 
-use super::{PoolShared, DRAINING, OPEN, STOPPING};
+use super::PoolShared;
 use crate::cancel::CancelReason;
 use crate::runtime::PhaseDeadline;
 use crate::sync::Ordering;
@@ -32,10 +33,7 @@ impl PoolShared {
     /// Stop admitting; keep running what is queued. `false` if this pool
     /// was already shutting down.
     pub(crate) fn begin_drain(&self, grace: std::time::Duration) -> bool {
-        let first = self
-            .lifecycle
-            .compare_exchange(OPEN, DRAINING, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
+        let first = self.gate.begin_drain();
         // A paused tier would never drain: shutdown overrides pause, unless
         // there is no grace at all (then nothing new starts, like Java's
         // `shutdownNow`).
@@ -68,10 +66,7 @@ impl PoolShared {
     /// Stop taking work; empty the queue (invariants 1 and 2); cancel what
     /// runs.
     pub(crate) fn stop(&self, out: &mut StopOutcome) {
-        self.lifecycle.store(STOPPING, Ordering::SeqCst);
-        while self.submitting.load(Ordering::SeqCst) > 0 {
-            std::thread::yield_now();
-        }
+        self.gate.close();
         for work in self.queue.drain() {
             if let Work::Task(job) = work {
                 if job.core.discard(CancelReason::Shutdown) {

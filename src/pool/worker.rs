@@ -65,7 +65,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             idle_since = None;
             continue;
         }
-        if pool.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if pool.gate.state() == STOPPING {
             break;
         }
         if pool.wait_for_work(&mut idle_since) && pool.try_retire(&slot) {
@@ -91,7 +91,7 @@ impl PoolShared {
     /// sees the restart over also sees the worker is stale: old threads
     /// never take work after a restart.
     fn allowed_levels(&self, generation: u64) -> [bool; 4] {
-        let open = self.lifecycle.load(Ordering::SeqCst) != STOPPING
+        let open = self.gate.state() != STOPPING
             && !self.is_paused()
             && !self.restarting.load(Ordering::SeqCst)
             && self.generation.load(Ordering::SeqCst) == generation
@@ -166,7 +166,7 @@ impl PoolShared {
     /// Leaves if the tier is above its minimum (scale-down).
     fn try_retire(&self, slot: &WorkerSlot) -> bool {
         let mut t = self.threads.lock();
-        if t.live <= self.config.min_workers || self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if t.live <= self.config.min_workers || self.gate.state() == STOPPING {
             return false;
         }
         t.live -= 1;
@@ -237,7 +237,7 @@ impl PoolShared {
         });
         *slot.current.lock() = Some(core.clone());
         self.note_run_start(slot, start);
-        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if self.gate.state() == STOPPING {
             // Taken just as shutdown began: it never really starts.
             core.token().cancel(CancelReason::Shutdown);
             if core.settle_cancelled(CancelReason::Shutdown) {
@@ -308,7 +308,7 @@ impl PoolShared {
         let mut requeued = false;
         // Reserve first, so a full level never leaves the task QUEUED but
         // outside the queue (its `Job` drop would then count it dequeued).
-        if self.lifecycle.load(Ordering::SeqCst) == super::OPEN && self.reserve(level) {
+        if self.gate.state() == super::OPEN && self.reserve(level) {
             requeued = core.requeue();
             if !requeued {
                 self.unreserve(level);
@@ -376,13 +376,11 @@ impl PoolShared {
     }
 
     pub(crate) fn accepts_retries(&self) -> bool {
-        self.lifecycle.load(Ordering::SeqCst) != STOPPING
+        self.gate.state() != STOPPING
     }
 
     pub(super) fn notify_drain(&self) {
-        if self.lifecycle.load(Ordering::SeqCst) != super::OPEN
-            || self.restarting.load(Ordering::SeqCst)
-        {
+        if self.gate.state() != super::OPEN || self.restarting.load(Ordering::SeqCst) {
             let _g = self.drain_lock.lock();
             self.drain_cv.notify_all();
         }
@@ -423,7 +421,7 @@ impl PoolShared {
             self.live.store(t.live, Ordering::Release);
         }
         self.forget_thread(&mut t, slot.index);
-        if self.lifecycle.load(Ordering::SeqCst) == STOPPING {
+        if self.gate.state() == STOPPING {
             return;
         }
         let now = self.clock.now();
