@@ -58,6 +58,7 @@ pub struct TierConfig {
     pub(crate) starvation_limit: u32,
     pub(crate) watermark: Option<Watermark>,
     pub(crate) memory_sample_interval: Duration,
+    pub(crate) nice: Option<i32>,
     pub(crate) max_restarts: u32,
     pub(crate) restart_window: Duration,
     pub(crate) utilisation_window: Duration,
@@ -84,6 +85,7 @@ impl TierConfig {
             starvation_limit: 10,
             watermark: None,
             memory_sample_interval: Duration::from_millis(250),
+            nice: None,
             max_restarts: 5,
             restart_window: Duration::from_secs(10),
             utilisation_window: Duration::from_secs(10),
@@ -119,6 +121,7 @@ impl TierConfig {
             cancel_grace: Duration::from_secs(5),
             max_zombie_replacements: 5,
             watermark: crate::memory::default_watermark(),
+            nice: Some(10),
             ..TierConfig::base("background")
         }
     }
@@ -271,6 +274,15 @@ impl TierConfig {
     /// How often resident memory is sampled while the watermark matters.
     pub fn memory_sample_interval(mut self, d: Duration) -> Self {
         self.memory_sample_interval = d;
+        self
+    }
+
+    /// Runs the tier's threads at this OS nice value (Linux; -20..=19,
+    /// higher is lower priority): under CPU contention the kernel serves
+    /// the other tiers first. Background defaults to 10; `None` leaves the
+    /// threads as started.
+    pub fn os_nice(mut self, nice: impl Into<Option<i32>>) -> Self {
+        self.nice = nice.into();
         self
     }
 
@@ -438,6 +450,11 @@ impl TierConfig {
                     self.reserved_slots, self.max_workers
                 ),
             );
+        }
+        if let Some(n) = self.nice {
+            if !(-20..=19).contains(&n) {
+                return err("os_nice", format!("{n} is not a nice value (-20 to 19)"));
+            }
         }
         if self.starvation_limit == 0 {
             return err("starvation_limit", "must be at least 1".into());

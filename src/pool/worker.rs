@@ -28,6 +28,11 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         pool: &pool,
         slot: &slot,
     };
+    if let Some(nice) = pool.config.nice {
+        if !crate::os_priority::set_current_thread_nice(nice) && slot.index == 0 {
+            log::debug!(target: "tierpool::pool", "{}: could not set nice {nice}", pool.name());
+        }
+    }
     // Born idle: the spawner counted this thread in `idle`. When it went
     // idle is read off the clock only if it may retire (see
     // `wait_for_work`): a clock read per idle spell is measurable when tiny
