@@ -797,7 +797,7 @@ impl<I: Send + 'static> Runner<I> {
         shared.wake.notify_all();
         if let Some(h) = self.thread.lock().take() {
             if h.join().is_err() {
-                log::error!(target: "tierpool::batch", "batch dispatcher thread panicked");
+                tlog!(error, target: "tierpool::batch", "batch dispatcher thread panicked");
             }
         }
         let deadline = shared.clock.deadline_after(grace);
@@ -883,7 +883,7 @@ impl<I: Send + 'static> Drop for BatchProcessor<I> {
         let report = self.shutdown(self.drop_grace);
         let lost = report.unprocessed.len() + report.dead_letters.len();
         if lost > 0 {
-            log::warn!(
+            tlog!(warn,
                 target: "tierpool::batch",
                 "batch processor dropped without shutdown(): {} unprocessed and {} dead-lettered items discarded (call shutdown() to keep them)",
                 report.unprocessed.len(),
@@ -984,7 +984,7 @@ fn submit_batch<I: Send + 'static>(shared: &Arc<Shared<I>>, items: VecDeque<Pend
         .submit();
     if let Err(e) = submitted {
         let (reason, f) = e.into_parts();
-        log::warn!(target: "tierpool::batch", "tier refused a batch ({reason}); its items wait for the next flush");
+        tlog!(warn, target: "tierpool::batch", "tier refused a batch ({reason}); its items wait for the next flush");
         {
             let mut st = shared.state.lock();
             st.stats.batch_rejections += 1;
@@ -1123,7 +1123,7 @@ impl<I: Send + 'static> BatchRun<I> {
                 } else {
                     DeadReason::NotRetryable
                 };
-                log::warn!(
+                tlog!(warn,
                     target: "tierpool::batch",
                     "item dead-lettered after {} attempt(s): {}",
                     p.attempts,

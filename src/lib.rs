@@ -45,6 +45,16 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+/// Logs through the `log` facade without letting a failing log sink hurt
+/// the runtime: a logger that panics is caught (and counted), and while a
+/// thread is already unwinding nothing is logged at all (a second panic
+/// there would abort the process).
+macro_rules! tlog {
+    ($level:ident, $($arg:tt)+) => {
+        $crate::telemetry::guard_log(|| log::$level!($($arg)+))
+    };
+}
+
 mod admission;
 mod analysis;
 mod batch;

@@ -91,11 +91,11 @@ impl MemoryGate {
                     if !was && rss >= w.high {
                         self.paused.store(true, Ordering::Release);
                         self.pauses.fetch_add(1, Ordering::Relaxed);
-                        log::warn!(target: "tierpool::memory",
+                        tlog!(warn, target: "tierpool::memory",
                             "resident memory {rss} B is above the high watermark {} B: background tier paused", w.high);
                     } else if was && rss < w.low {
                         self.paused.store(false, Ordering::Release);
-                        log::info!(target: "tierpool::memory",
+                        tlog!(info, target: "tierpool::memory",
                             "resident memory {rss} B is below the low watermark {} B: background tier resumed", w.low);
                     }
                 }

@@ -560,7 +560,7 @@ impl Runtime {
         // Last, so listeners hear about the shutdown's own cancellations.
         self.events.stop();
         report.took = started.elapsed();
-        log::info!(target: "tierpool::supervisor", "shutdown: {report}");
+        tlog!(info, target: "tierpool::supervisor", "shutdown: {report}");
         *slot = Some(report.clone());
         report
     }

@@ -561,7 +561,7 @@ impl Entry {
     }
 
     fn skip(&mut self, now: Instant, reason: SkipReason) {
-        log::debug!(target: "tierpool::schedule", "job {:?} skipped: {reason}", self.name);
+        tlog!(debug, target: "tierpool::schedule", "job {:?} skipped: {reason}", self.name);
         self.spec
             .tier
             .pool
@@ -736,7 +736,7 @@ impl Shared {
             }
         }
         if let (Some(error), true) = (&e.stats.last_error, failed) {
-            log::debug!(target: "tierpool::schedule", "job {:?} run failed: {error}", e.name);
+            tlog!(debug, target: "tierpool::schedule", "job {:?} run failed: {error}", e.name);
             e.spec
                 .tier
                 .pool
@@ -748,7 +748,7 @@ impl Shared {
                 });
         }
         if e.stats.consecutive_failures == e.spec.degraded_after {
-            log::warn!(
+            tlog!(warn,
                 target: "tierpool::schedule",
                 "job {:?} degraded: {} failures in a row",
                 e.name,
@@ -981,7 +981,7 @@ impl Scheduler {
         self.shared.wake.notify_all();
         if let Some(h) = self.thread.lock().take() {
             if h.join().is_err() {
-                log::error!(target: "tierpool::schedule", "scheduler timer thread panicked");
+                tlog!(error, target: "tierpool::schedule", "scheduler timer thread panicked");
             }
         }
     }

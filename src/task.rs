@@ -462,7 +462,7 @@ fn finish_run<T, E>(
             // `&*`: the payload inside the box, not the box itself as `Any`
             // (which never downcasts to a string).
             let msg = panic_message(&*payload);
-            log::warn!(target: "tierpool::task", "task {} on {} panicked: {msg}", ctx.id(), ctx.tier());
+            tlog!(warn, target: "tierpool::task", "task {} on {} panicked: {msg}", ctx.id(), ctx.tier());
             Err(TaskError::Panicked(msg))
         }
     };

@@ -430,7 +430,7 @@ impl Shared {
             Action::Call(f) => {
                 // A panicking callback must not take the watchdog down.
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-                    log::error!(target: "tierpool::watchdog", "a timer callback panicked");
+                    tlog!(error, target: "tierpool::watchdog", "a timer callback panicked");
                 }
                 return;
             }
@@ -462,7 +462,7 @@ impl Shared {
         match phase {
             Phase::QueueBudget => {
                 if core.discard(CancelReason::QueueExpired) {
-                    log::info!(target: "tierpool::watchdog",
+                    tlog!(info, target: "tierpool::watchdog",
                         "task {} on {} expired in the queue (budget {:?})", core.id, core.tier, core.opts.queue_budget.unwrap_or_default());
                     if let Some(pool) = core.pool.upgrade() {
                         pool.admission.notify_room();
@@ -481,7 +481,7 @@ impl Shared {
                         task: core.id,
                         after: core.opts.warn_after.unwrap_or_default(),
                     });
-                log::warn!(target: "tierpool::watchdog",
+                tlog!(warn, target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
                 match core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
                     Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Timeout),
@@ -522,7 +522,7 @@ impl Shared {
                             task: core.id,
                             after: core.opts.timeout.unwrap_or_default(),
                         });
-                    log::warn!(target: "tierpool::watchdog",
+                    tlog!(warn, target: "tierpool::watchdog",
                         "task {} on {} timed out after {:?}", core.id, core.tier, core.opts.timeout.unwrap_or_default());
                 }
             }

@@ -305,7 +305,7 @@ impl PoolShared {
         let job = Job { core: core.clone() };
         self.counters.submitted();
         let id = core.id;
-        log::trace!(target: "tierpool::task", "{}: task {id} submitted ({priority})", self.name());
+        tlog!(trace, target: "tierpool::task", "{}: task {id} submitted ({priority})", self.name());
         self.events().emit_with(|| Event::TaskSubmitted {
             tier: self.name(),
             task: id,
@@ -413,11 +413,11 @@ impl PoolShared {
                     to: t.live,
                     reason: ScaleReason::Demand { queued, idle },
                 });
-                log::debug!(target: "tierpool::pool", "{}: scaled up to {} workers ({queued} queued, {idle} idle)",
+                tlog!(debug, target: "tierpool::pool", "{}: scaled up to {} workers ({queued} queued, {idle} idle)",
                     self.name(), t.live);
             }
             Err(e) => {
-                log::error!(target: "tierpool::pool", "{}: could not start a worker: {e}", self.name());
+                tlog!(error, target: "tierpool::pool", "{}: could not start a worker: {e}", self.name());
             }
         }
     }
@@ -460,7 +460,7 @@ impl PoolShared {
                     task: v.id,
                     priority: v.opts.priority,
                 });
-                log::info!(target: "tierpool::pool",
+                tlog!(info, target: "tierpool::pool",
                     "{}: preempted task {} ({}) for a critical task", self.name(), v.id, v.opts.priority);
             }
         }
@@ -513,6 +513,18 @@ impl PoolShared {
         }
     }
 
+    /// A worker thread leaves (retired, replaced, shut down): it stops
+    /// counting as idle and as capacity, and its handle is parked for
+    /// joining.
+    fn leave(&self, t: &mut Threads, slot: &WorkerSlot) {
+        if slot.idle.swap(false, Ordering::Relaxed) {
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+        }
+        t.live -= 1;
+        self.live.store(t.live, Ordering::Release);
+        self.forget_thread(t, slot.index);
+    }
+
     /// Removes an exiting thread's slot and parks its handle for joining.
     fn forget_thread(&self, t: &mut Threads, index: usize) {
         t.slots.retain(|s| s.index != index);
@@ -540,7 +552,7 @@ impl PoolShared {
             tier: self.name(),
             task: core.id,
         });
-        log::error!(target: "tierpool::watchdog",
+        tlog!(error, target: "tierpool::watchdog",
             "task {} on {} ignored cancellation for {:?}: zombie ({} now); starting a replacement worker",
             core.id, core.tier, self.config.cancel_grace, t.zombies);
         let may_replace =
@@ -554,7 +566,7 @@ impl PoolShared {
                     reason: ScaleReason::ZombieReplacement,
                 }),
                 Err(e) => {
-                    log::error!(target: "tierpool::pool", "{}: could not start a replacement worker: {e}", self.name());
+                    tlog!(error, target: "tierpool::pool", "{}: could not start a replacement worker: {e}", self.name());
                 }
             }
         }
@@ -699,7 +711,7 @@ impl PoolShared {
                 limit,
             });
             self.saturated.store(true, Ordering::Release);
-            log::debug!(target: "tierpool::pool", "{}: at capacity ({limit:?})", self.name());
+            tlog!(debug, target: "tierpool::pool", "{}: at capacity ({limit:?})", self.name());
         }
     }
 
@@ -731,7 +743,7 @@ impl PoolShared {
         if relieved {
             *s = None;
             self.saturated.store(false, Ordering::Release);
-            log::debug!(target: "tierpool::pool", "{}: no longer at capacity (after {:?})",
+            tlog!(debug, target: "tierpool::pool", "{}: no longer at capacity (after {:?})",
                 self.name(), self.clock.now().saturating_duration_since(sat.since));
         }
     }
@@ -783,7 +795,7 @@ impl PoolShared {
             t.gave_up_restarting = false;
             while t.live < self.config.min_workers {
                 if let Err(e) = self.spawn_worker(&mut t) {
-                    log::error!(target: "tierpool::supervisor", "{}: could not start a worker: {e}", self.name());
+                    tlog!(error, target: "tierpool::supervisor", "{}: could not start a worker: {e}", self.name());
                     break;
                 }
                 self.thread_restarted(RestartCause::Maintenance);
@@ -807,7 +819,7 @@ impl PoolShared {
                 .threads_cv
                 .wait_budget(t, Some(Duration::from_millis(10)));
         };
-        log::info!(target: "tierpool::supervisor",
+        tlog!(info, target: "tierpool::supervisor",
             "{}: restarted ({} threads replaced, {still} still finishing a task{})",
             self.name(), old.saturating_sub(still),
             if drained_in_time { "" } else { "; drain grace ended" });
@@ -856,19 +868,14 @@ impl PoolShared {
     /// takes its place (capacity never exceeds the limit).
     pub(crate) fn replace_stale(self: &Arc<Self>, slot: &WorkerSlot) {
         let mut t = self.threads.lock();
-        if slot.idle.swap(false, Ordering::Relaxed) {
-            self.idle.fetch_sub(1, Ordering::SeqCst);
-        }
-        t.live -= 1;
-        self.live.store(t.live, Ordering::Release);
-        self.forget_thread(&mut t, slot.index);
+        self.leave(&mut t, slot);
         if self.gate.state() == STOPPING {
             return;
         }
         match self.spawn_worker(&mut t) {
             Ok(()) => self.thread_restarted(RestartCause::Maintenance),
             Err(e) => {
-                log::error!(target: "tierpool::supervisor", "{}: could not replace worker {}: {e}", self.name(), slot.index);
+                tlog!(error, target: "tierpool::supervisor", "{}: could not replace worker {}: {e}", self.name(), slot.index);
             }
         }
     }

@@ -144,7 +144,7 @@ impl PoolShared {
         }
         out.threads_detached += stuck;
         if stuck > 0 {
-            log::error!(target: "tierpool::supervisor",
+            tlog!(error, target: "tierpool::supervisor",
                 "{}: {stuck} thread(s) still inside tasks that ignored cancellation; detached", self.name());
         }
     }

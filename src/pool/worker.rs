@@ -30,7 +30,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
     };
     if let Some(nice) = pool.config.nice {
         if !crate::os_priority::set_current_thread_nice(nice) && slot.index == 0 {
-            log::debug!(target: "tierpool::pool", "{}: could not set nice {nice}", pool.name());
+            tlog!(debug, target: "tierpool::pool", "{}: could not set nice {nice}", pool.name());
         }
     }
     // Born idle: the spawner counted this thread in `idle`. When it went
@@ -174,10 +174,7 @@ impl PoolShared {
         if t.live <= self.config.min_workers || self.gate.state() == STOPPING {
             return false;
         }
-        t.live -= 1;
-        self.live.store(t.live, Ordering::Release);
-        self.idle.fetch_sub(1, Ordering::SeqCst);
-        self.forget_thread(&mut t, slot.index);
+        self.leave(&mut t, slot);
         self.counters.scaled_down();
         self.events().emit_with(|| Event::PoolScaled {
             tier: self.name(),
@@ -187,7 +184,7 @@ impl PoolShared {
                 keep_alive: self.config.keep_alive,
             },
         });
-        log::debug!(target: "tierpool::pool", "{}: scaled down to {} workers (worker {} idle for {:?})",
+        tlog!(debug, target: "tierpool::pool", "{}: scaled down to {} workers (worker {} idle for {:?})",
             self.name(), t.live, slot.index, self.config.keep_alive);
         true
     }
@@ -195,12 +192,7 @@ impl PoolShared {
     /// Normal exit at shutdown.
     fn exit_worker(&self, slot: &WorkerSlot) {
         let mut t = self.threads.lock();
-        if slot.idle.swap(false, Ordering::Relaxed) {
-            self.idle.fetch_sub(1, Ordering::SeqCst);
-        }
-        t.live -= 1;
-        self.live.store(t.live, Ordering::Release);
-        self.forget_thread(&mut t, slot.index);
+        self.leave(&mut t, slot);
     }
 
     fn run_job(
@@ -223,18 +215,21 @@ impl PoolShared {
 
     fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<Instant>) -> After {
         let core = job.core.clone();
-        let Some(attempt) = core.start() else {
-            return After::Continue; // discarded while queued
-        };
         // A worker going straight from one task to the next reuses the
         // previous task's end as this one's start: one clock read per task
-        // saved on the hot path (the gap is one pick).
+        // saved on the hot path (the gap is one pick). Read before the task
+        // is marked running, so a caller that sees it running and then
+        // moves a manual clock can never push its deadline later.
         let start = now.take().unwrap_or_else(|| self.clock.now());
+        let Some(attempt) = core.start() else {
+            *now = Some(start);
+            return After::Continue; // discarded while queued
+        };
         // Queue wait is submit → first start; a restart or retry waited
         // for other reasons (preemption, backoff).
         let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
         self.counters.started(waited);
-        log::trace!(target: "tierpool::task", "{}: task {} started (attempt {attempt})", self.name(), core.id);
+        tlog!(trace, target: "tierpool::task", "{}: task {} started (attempt {attempt})", self.name(), core.id);
         self.events().emit_with(|| Event::TaskStarted {
             tier: self.name(),
             task: core.id,
@@ -295,7 +290,7 @@ impl PoolShared {
             let mut t = self.threads.lock();
             t.zombies -= 1;
             self.forget_thread(&mut t, slot.index);
-            log::warn!(target: "tierpool::watchdog", "{}: zombie task {} finally returned; its thread retires",
+            tlog!(warn, target: "tierpool::watchdog", "{}: zombie task {} finally returned; its thread retires",
                 self.name(), core.id);
             return After::Retire;
         }
@@ -321,7 +316,7 @@ impl PoolShared {
         }
         if !requeued {
             if core.settle_cancelled(CancelReason::Preempted) {
-                log::info!(target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
+                tlog!(info, target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
             }
             core.release_permit();
             return;
@@ -440,9 +435,9 @@ impl PoolShared {
         }
         if t.restarts.len() >= self.config.max_restarts as usize {
             if !t.gave_up_restarting {
-                log::error!(target: "tierpool::supervisor",
+                self.log_from_watchdog(format!(
                     "{}: worker {} died; {} restarts within {:?}: restart intensity exceeded, not restarting",
-                    self.name(), slot.index, t.restarts.len(), window);
+                    self.name(), slot.index, t.restarts.len(), window));
             }
             t.gave_up_restarting = true;
             return;
@@ -450,11 +445,24 @@ impl PoolShared {
         t.restarts.push_back(now);
         self.counters.worker_restarted();
         self.thread_restarted(RestartCause::Died);
-        log::error!(target: "tierpool::supervisor", "{}: worker {} died outside a task; restarting it",
-            self.name(), slot.index);
+        self.log_from_watchdog(format!(
+            "{}: worker {} died outside a task; restarting it",
+            self.name(),
+            slot.index
+        ));
         if let Err(e) = self.spawn_worker(&mut t) {
-            log::error!(target: "tierpool::supervisor", "{}: could not restart a worker: {e}", self.name());
+            self.log_from_watchdog(format!("{}: could not restart a worker: {e}", self.name()));
         }
+    }
+
+    /// `worker_died` runs while its thread unwinds, where a logger that
+    /// panics would abort the process: the line is written by the
+    /// watchdog thread instead (which isolates its callbacks).
+    fn log_from_watchdog(&self, line: String) {
+        self.watchdog.call_at(
+            self.clock.now(),
+            Box::new(move || tlog!(error, target: "tierpool::supervisor", "{line}")),
+        );
     }
 }
 

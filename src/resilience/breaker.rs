@@ -640,7 +640,8 @@ impl Shared {
             let listeners: Vec<Arc<Listener>> = self.listeners.lock().clone();
             for listener in &listeners {
                 if catch_unwind(AssertUnwindSafe(|| listener(event))).is_err() {
-                    log::error!(
+                    tlog!(
+                        error,
                         "circuit breaker {}: a state-change listener panicked ({} -> {})",
                         self.display_name(),
                         event.from,

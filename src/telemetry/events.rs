@@ -449,7 +449,7 @@ impl EventBus {
             if finished {
                 let _ = h.join();
             } else {
-                log::error!(target: "tierpool::events",
+                tlog!(error, target: "tierpool::events",
                     "an event listener did not return within {DRAIN_CAP:?} of shutdown; its thread is detached");
             }
         }
@@ -478,7 +478,7 @@ fn dispatch_loop(
         if Instant::now() >= cap {
             let left = 1 + rx.try_iter().count() as u64;
             counts.dropped.fetch_add(left, Ordering::Relaxed);
-            log::warn!(target: "tierpool::events", "{left} events not delivered at shutdown (listeners too slow)");
+            tlog!(warn, target: "tierpool::events", "{left} events not delivered at shutdown (listeners too slow)");
             return;
         }
         deliver(&e, listeners, counts);
@@ -490,7 +490,7 @@ fn deliver(e: &Event, listeners: &Mutex<ListenerList>, counts: &EventCounts) {
     for l in list.iter() {
         if catch_unwind(AssertUnwindSafe(|| l(e))).is_err() {
             counts.listener_panics.fetch_add(1, Ordering::Relaxed);
-            log::error!(target: "tierpool::events", "an event listener panicked on: {e}");
+            tlog!(error, target: "tierpool::events", "an event listener panicked on: {e}");
         }
     }
     counts.delivered.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,20 @@ use crate::error::RejectReason;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, Padded};
 use crate::task::TaskStatus;
 
+/// Log calls that panicked in the application's logger (see `tlog!`).
+pub(crate) static LOG_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs one log call, isolated from a panicking logger (see `tlog!`).
+#[inline]
+pub(crate) fn guard_log(f: impl FnOnce()) {
+    if std::thread::panicking() {
+        return;
+    }
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        LOG_PANICS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Counter(AtomicU64);
 
