@@ -121,7 +121,6 @@ impl TierConfig {
             cancel_grace: Duration::from_secs(5),
             max_zombie_replacements: 5,
             watermark: crate::memory::default_watermark(),
-            nice: Some(10),
             ..TierConfig::base("background")
         }
     }
@@ -279,8 +278,9 @@ impl TierConfig {
 
     /// Runs the tier's threads at this OS nice value (Linux; -20..=19,
     /// higher is lower priority): under CPU contention the kernel serves
-    /// the other tiers first. Background defaults to 10; `None` leaves the
-    /// threads as started.
+    /// the other tiers first (GCD's QoS idea). Off by default: a niced tier
+    /// can starve behind other processes on a busy machine, so it is a
+    /// choice to make knowingly (`.background(|t| t.os_nice(10))`).
     pub fn os_nice(mut self, nice: impl Into<Option<i32>>) -> Self {
         self.nice = nice.into();
         self
