@@ -2,6 +2,8 @@
 //! allocator: bytes are attributed to the task that allocated them, and a
 //! task over its memory budget is cancelled (reason: memory).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -57,6 +59,11 @@ fn bytes_are_attributed_to_the_task_that_allocated_them() {
         "freed buffers still held: {small_after} / {big_after} B"
     );
 
+    // The worker records a run's bytes after the closure returns, and the
+    // handle may resolve first: wait for the second record.
+    common::wait_until("both runs recorded", common::WAIT, || {
+        rt.background().stats().task_bytes.count == 2
+    });
     let s = rt.background().stats();
     assert_eq!(s.task_bytes.count, 2);
     assert!(
