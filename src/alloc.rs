@@ -23,9 +23,9 @@
 //!
 //! # Why `unsafe`
 //!
-//! [`GlobalAlloc`] is an `unsafe trait`: implementing it is the one
-//! `unsafe` in the crate, which is why the crate denies (rather than
-//! forbids) `unsafe_code` and allows it in this file only.
+//! [`GlobalAlloc`] is an `unsafe trait`: the crate denies (rather than
+//! forbids) `unsafe_code` so that this file can allow it for itself, as
+//! `os_priority.rs` does for its one `setpriority` call.
 //!
 //! [`TaskContext::checkpoint`]: crate::TaskContext::checkpoint
 #![allow(unsafe_code)]
