@@ -15,6 +15,7 @@ use std::time::Duration;
 /// assert!(HealthStatus::Healthy < HealthStatus::Degraded);
 /// assert_eq!(HealthStatus::Unhealthy.to_string(), "unhealthy");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthStatus {
     /// Working as configured.
@@ -44,6 +45,7 @@ impl fmt::Display for HealthStatus {
 /// assert_eq!(r.status(), HealthStatus::Degraded);
 /// assert!(r.to_string().contains("2 thread"));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum HealthReason {
@@ -145,6 +147,7 @@ impl fmt::Display for HealthReason {
 
 /// One component's health: a tier, the scheduler, a registered worker or
 /// breaker, or the runtime itself.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ComponentHealth {
@@ -182,6 +185,7 @@ impl ComponentHealth {
 /// println!("{h}");
 /// # Ok::<(), tierpool::BuildError>(())
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Health {

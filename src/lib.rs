@@ -41,7 +41,10 @@
 //! println!("{report}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-#![deny(unsafe_code)] // allowed only in src/os_priority.rs (one setpriority call)
+// `deny`, not `forbid`: allowed only in src/os_priority.rs (one
+// setpriority call) and src/alloc.rs (a `GlobalAlloc` impl is `unsafe` by
+// definition).
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
@@ -56,6 +59,7 @@ macro_rules! tlog {
 }
 
 mod admission;
+pub mod alloc;
 mod analysis;
 mod batch;
 mod cancel;
@@ -109,7 +113,7 @@ pub use slot::TaskResult;
 pub use stats::{CancelCounts, RejectCounts, Stats, TierStats};
 pub use supervisor::{RestartError, RestartReport, Supervise};
 pub use task::{TaskContext, TaskHandle, TaskId, TaskStatus};
-pub use telemetry::{Event, Percentiles, RestartCause, ScaleReason};
+pub use telemetry::{BytePercentiles, Event, Percentiles, RestartCause, ScaleReason};
 pub use tier::{Once, Restartable, TaskBuilder, Tier};
 pub use workers::{
     CacheWarmer, CacheWarmerBuilder, CacheWarmerStats, ReEnricher, ReEnricherBuilder,

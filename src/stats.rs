@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use crate::cancel::CancelReason;
 use crate::error::{fmt_duration, RejectReason};
-use crate::telemetry::{CounterSnapshot, Percentiles};
+use crate::telemetry::{BytePercentiles, CounterSnapshot, Percentiles};
 
 /// Rejections by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RejectCounts {
     /// Queue at capacity.
     pub queue_full: u64,
@@ -36,6 +37,7 @@ impl RejectCounts {
 
 /// Cancellations by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CancelCounts {
     /// By the caller.
     pub caller: u64,
@@ -80,10 +82,13 @@ impl CancelCounts {
 /// At every quiescent point (nothing queued or running),
 /// `submitted == outcomes()`.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct TierStats {
-    /// Tier name.
-    pub name: &'static str,
+    /// Tier name (`"ui"`, `"background"`, `"realtime"`, `"analysis"`).
+    /// With the `serde` feature it deserializes from those names only.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "tier_name"))]
+    pub name: StaticName,
     /// Tasks accepted.
     pub submitted: u64,
     /// Submissions refused, by reason.
@@ -155,6 +160,13 @@ pub struct TierStats {
     pub queue_wait: Percentiles,
     /// Time from start to return.
     pub run_time: Percentiles,
+    /// Bytes allocated by the tier's task runs, on their worker threads
+    /// (0 unless [`CountingAllocator`](crate::alloc::CountingAllocator) is
+    /// the global allocator).
+    pub bytes_allocated: u64,
+    /// Bytes allocated per task run (empty without the counting
+    /// allocator).
+    pub task_bytes: BytePercentiles,
 }
 
 impl TierStats {
@@ -228,6 +240,8 @@ impl TierStats {
             saturated_for: None,
             queue_wait: c.queue_wait,
             run_time: c.run_time,
+            bytes_allocated: c.bytes_allocated,
+            task_bytes: c.task_bytes,
         }
     }
 
@@ -252,6 +266,26 @@ impl TierStats {
     }
 }
 
+/// `&'static str` under another name: serde's derive borrows any field
+/// spelled `&str` (binding the whole impl to `'de: 'static`); behind an
+/// alias it leaves the field to `tier_name`.
+type StaticName = &'static str;
+
+/// The tier names a snapshot can hold, for deserializing
+/// [`TierStats::name`] back into a `&'static str` without leaking.
+#[cfg(feature = "serde")]
+fn tier_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    ["ui", "background", "realtime", "analysis"]
+        .into_iter()
+        .find(|known| *known == name)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown tier {name:?} (expected ui, background, realtime or analysis)"
+            ))
+        })
+}
+
 /// A snapshot of every tier. `Display` prints a table.
 ///
 /// ```
@@ -264,6 +298,7 @@ impl TierStats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// One entry per tier, in the order ui, background, realtime.

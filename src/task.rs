@@ -508,16 +508,93 @@ pub struct TaskContext {
     started: Instant,
     clock: Clock,
     attempt: u32,
+    memory: RunMemory,
+}
+
+/// The allocator's counters as this run began, on its worker thread (see
+/// `alloc.rs`), and the budget they are held to.
+struct RunMemory {
+    base: crate::alloc::Sample,
+    thread: usize,
+    budget: Option<u64>,
 }
 
 impl TaskContext {
-    pub(crate) fn new(core: Arc<TaskCore>, started: Instant, clock: Clock, attempt: u32) -> Self {
+    pub(crate) fn new(
+        core: Arc<TaskCore>,
+        started: Instant,
+        clock: Clock,
+        attempt: u32,
+        memory_budget: Option<u64>,
+    ) -> Self {
         TaskContext {
             core,
             started,
             clock,
             attempt,
+            memory: RunMemory {
+                base: crate::alloc::Sample::now(),
+                thread: crate::alloc::thread_marker(),
+                budget: memory_budget,
+            },
         }
+    }
+
+    /// Bytes allocated by this run so far, on its worker thread (gross:
+    /// what was freed again is not subtracted).
+    ///
+    /// Needs [`CountingAllocator`](crate::alloc::CountingAllocator)
+    /// installed as the global allocator; otherwise, and when called on
+    /// another thread than the task's worker, it reads 0. Allocations on
+    /// threads the task spawns are not the task's.
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder().build()?;
+    /// let h = rt.ui().task(|ctx| Ok::<_, String>(ctx.allocated_bytes())).submit()?;
+    /// assert_eq!(h.join().unwrap(), 0); // no CountingAllocator in this doc test
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allocated_bytes(&self) -> u64 {
+        if crate::alloc::thread_marker() != self.memory.thread {
+            return 0;
+        }
+        self.memory.base.allocated_since()
+    }
+
+    /// Bytes this run holds now: allocated minus freed since it started,
+    /// on its worker thread — what
+    /// [`memory_budget`](crate::TierConfig::memory_budget) is checked
+    /// against. 0 without the counting allocator or off the worker thread.
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder().build()?;
+    /// let h = rt.ui().task(|ctx| Ok::<_, String>(ctx.held_bytes())).submit()?;
+    /// assert_eq!(h.join().unwrap(), 0); // no CountingAllocator in this doc test
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn held_bytes(&self) -> u64 {
+        if crate::alloc::thread_marker() != self.memory.thread {
+            return 0;
+        }
+        self.memory.base.held_since()
+    }
+
+    /// Cancels the task (reason: memory) if it holds more than its
+    /// budget. Called from the checkpoints: the runtime cannot interrupt
+    /// a running closure, so this is where the budget is enforced.
+    #[cold]
+    fn enforce_budget(&self, budget: u64) {
+        let held = self.held_bytes();
+        if held > budget {
+            log::warn!(target: "tierpool::task", "task {} on {} holds {held} B, over its memory budget of {budget} B: cancelled",
+                self.id(), self.tier());
+            self.core.cancel(CancelReason::Memory);
+        }
+    }
+
+    /// Bytes the run allocated, for the worker's stats when it returns.
+    pub(crate) fn run_bytes(&self) -> u64 {
+        self.memory.base.allocated_since()
     }
 
     /// This task's id.
@@ -558,8 +635,15 @@ impl TaskContext {
 
     /// `Err(Cancelled)` once the task has been asked to stop: call it
     /// between steps and return with `?`.
+    ///
+    /// With a [`memory_budget`](crate::TierConfig::memory_budget) on the
+    /// tier, this is also where the budget is checked: a task holding more
+    /// is cancelled (reason: [`Memory`](CancelReason::Memory)) here.
     #[inline]
     pub fn checkpoint(&self) -> Result<(), Cancelled> {
+        if let Some(budget) = self.memory.budget {
+            self.enforce_budget(budget);
+        }
         match self.core.token().reason() {
             None => Ok(()),
             Some(r) => Err(Cancelled::new(r)),
@@ -601,14 +685,18 @@ impl TaskContext {
 
     /// Sleeps for `d` on the runtime's clock, waking early (with `Err`) if
     /// the task is cancelled. Use it instead of `thread::sleep` in tasks.
+    /// Checks the memory budget first, as [`checkpoint`](Self::checkpoint)
+    /// does.
     pub fn sleep(&self, d: Duration) -> Result<(), Cancelled> {
+        self.checkpoint()?;
         let until = self.clock.deadline_after(d);
         self.core.token().wait_until(&self.clock, until)
     }
 
     /// Sleeps until `at` on the runtime's clock, waking early (with `Err`)
-    /// if the task is cancelled.
+    /// if the task is cancelled. Checks the memory budget first.
     pub fn sleep_until(&self, at: Instant) -> Result<(), Cancelled> {
+        self.checkpoint()?;
         self.core.token().wait_until(&self.clock, Some(at))
     }
 }

@@ -118,6 +118,7 @@ impl KindCounters {
 }
 
 /// One analysis kind's numbers.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct KindStats {
@@ -154,6 +155,7 @@ pub struct KindStats {
 }
 
 /// The analysis layer's numbers.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct AnalysisStats {

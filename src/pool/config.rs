@@ -63,6 +63,7 @@ pub struct TierConfig {
     pub(crate) restart_window: Duration,
     pub(crate) utilisation_window: Duration,
     pub(crate) saturation_threshold: Duration,
+    pub(crate) memory_budget: Option<u64>,
 }
 
 impl TierConfig {
@@ -90,6 +91,7 @@ impl TierConfig {
             restart_window: Duration::from_secs(10),
             utilisation_window: Duration::from_secs(10),
             saturation_threshold: Duration::from_secs(30),
+            memory_budget: None,
         }
     }
 
@@ -328,6 +330,37 @@ impl TierConfig {
         self
     }
 
+    /// Most bytes one task may hold (allocated and not yet freed, on its
+    /// worker thread, since its run started) before it is cancelled with
+    /// reason [`Memory`](crate::CancelReason::Memory); `None` (the default
+    /// on every tier): no budget. Meant for the background tier's heavy
+    /// work.
+    ///
+    /// Enforced at the task's own checkpoints —
+    /// [`checkpoint`](crate::TaskContext::checkpoint) and
+    /// [`sleep`](crate::TaskContext::sleep) — since a running closure
+    /// cannot be interrupted; a task that never checks is not stopped (its
+    /// timeout still applies). Needs the
+    /// [`CountingAllocator`](crate::alloc::CountingAllocator) installed as
+    /// the global allocator: without it, usage reads 0 and no budget fires.
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder()
+    ///     .background(|t| t.memory_budget(512 * 1024 * 1024))
+    ///     .build()?;
+    /// assert_eq!(rt.background().config().memory_budget_value(), Some(512 * 1024 * 1024));
+    /// # Ok::<(), tierpool::BuildError>(())
+    /// ```
+    pub fn memory_budget(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.memory_budget = bytes.into();
+        self
+    }
+
+    /// The configured per-task memory budget, in bytes.
+    pub fn memory_budget_value(&self) -> Option<u64> {
+        self.memory_budget
+    }
+
     /// The configured per-user limit.
     pub fn per_user_limit_value(&self) -> Option<usize> {
         self.per_user_limit
@@ -472,6 +505,12 @@ impl TierConfig {
                     format!("low ({}) must be below high ({})", w.low, w.high),
                 );
             }
+        }
+        if self.memory_budget == Some(0) {
+            return err(
+                "memory_budget",
+                "must be more than zero bytes, or None for no budget".into(),
+            );
         }
         if self.memory_sample_interval.is_zero() {
             return err("memory_sample_interval", "must be more than zero".into());

@@ -248,12 +248,21 @@ impl PoolShared {
             // there (see watchdog.rs, "Why no deadline is missed").
             self.watchdog.watch_run(&core, start);
         }
-        let ctx = TaskContext::new(core.clone(), start, self.clock.clone(), attempt);
+        let ctx = TaskContext::new(
+            core.clone(),
+            start,
+            self.clock.clone(),
+            attempt,
+            self.config.memory_budget,
+        );
         let end = if ctx.is_cancelled() && core.slot.outcome().is_some() {
             RunEnd::Late
         } else {
             core.slot.run(&ctx)
         };
+        if crate::alloc::CountingAllocator::is_active() {
+            self.counters.allocated(ctx.run_bytes());
+        }
         drop(ctx);
         let finished = self.clock.now();
         *now = Some(finished);

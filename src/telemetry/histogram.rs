@@ -1,9 +1,11 @@
-//! A fixed-size, lock-free latency histogram (log-linear buckets).
+//! A fixed-size, lock-free histogram (log-linear buckets) of latencies or
+//! byte counts.
 //!
 //! Recording is one relaxed `fetch_add` on the hot path (task start and
 //! finish), from any number of threads, with no lock and no allocation;
 //! that is why this is hand-made rather than an `hdrhistogram` behind a
-//! mutex. Values are nanoseconds. Each power of two is split into
+//! mutex. Values are nanoseconds ([`Histogram::record`]) or plain numbers
+//! such as bytes ([`Histogram::record_value`]). Each power of two is split into
 //! `SUB` linear sub-buckets, so a reported percentile is within 1/SUB
 //! (6.25%) of the true value; `max` is exact.
 
@@ -26,6 +28,7 @@ pub(crate) struct Histogram {
 
 /// Percentiles read from a histogram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Percentiles {
     /// How many values were recorded.
     pub count: u64,
@@ -37,6 +40,22 @@ pub struct Percentiles {
     pub p99: Duration,
     /// Largest value recorded (exact).
     pub max: Duration,
+}
+
+/// Percentiles of a byte-count histogram (bytes allocated per task run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct BytePercentiles {
+    /// How many values were recorded.
+    pub count: u64,
+    /// Median, in bytes.
+    pub p50: u64,
+    /// 95th percentile, in bytes.
+    pub p95: u64,
+    /// 99th percentile, in bytes.
+    pub p99: u64,
+    /// Largest value recorded (exact), in bytes.
+    pub max: u64,
 }
 
 fn bucket_of(v: u64) -> usize {
@@ -70,7 +89,11 @@ impl Histogram {
 
     #[inline]
     pub(crate) fn record(&self, d: Duration) {
-        let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.record_value(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    #[inline]
+    pub(crate) fn record_value(&self, v: u64) {
         self.buckets[bucket_of(v)].fetch_add(1, Ordering::Relaxed);
         // A read first: most values are not a new maximum, and a plain
         // load keeps the line shared instead of taking it exclusive.
@@ -80,6 +103,17 @@ impl Histogram {
     }
 
     pub(crate) fn percentiles(&self) -> Percentiles {
+        let v = self.value_percentiles();
+        Percentiles {
+            count: v.count,
+            p50: Duration::from_nanos(v.p50),
+            p95: Duration::from_nanos(v.p95),
+            p99: Duration::from_nanos(v.p99),
+            max: Duration::from_nanos(v.max),
+        }
+    }
+
+    pub(crate) fn value_percentiles(&self) -> BytePercentiles {
         let counts: Vec<u64> = self
             .buckets
             .iter()
@@ -87,26 +121,26 @@ impl Histogram {
             .collect();
         let total: u64 = counts.iter().sum();
         let max = self.max.load(Ordering::Relaxed);
-        let at = |q: f64| -> Duration {
+        let at = |q: f64| -> u64 {
             if total == 0 {
-                return Duration::ZERO;
+                return 0;
             }
             let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
             let mut seen = 0;
             for (i, c) in counts.iter().enumerate() {
                 seen += c;
                 if seen >= rank {
-                    return Duration::from_nanos(value_of(i).min(max));
+                    return value_of(i).min(max);
                 }
             }
-            Duration::from_nanos(max)
+            max
         };
-        Percentiles {
+        BytePercentiles {
             count: total,
             p50: at(0.50),
             p95: at(0.95),
             p99: at(0.99),
-            max: Duration::from_nanos(max),
+            max,
         }
     }
 }
@@ -143,6 +177,19 @@ mod tests {
         assert!(close(p.p50, 500), "{:?}", p.p50);
         assert!(close(p.p99, 990), "{:?}", p.p99);
         assert_eq!(p.max, Duration::from_micros(1000));
+    }
+
+    #[test]
+    fn values_share_the_buckets() {
+        let h = Histogram::new();
+        for kib in 1..=100u64 {
+            h.record_value(kib * 1024);
+        }
+        let p = h.value_percentiles();
+        assert_eq!(p.count, 100);
+        assert_eq!(p.max, 100 * 1024);
+        let p50 = p.p50 as f64 / 1024.0;
+        assert!((p50 - 50.0).abs() / 50.0 < 0.07, "{p50}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod histogram;
 pub use events::{Event, RestartCause, ScaleReason};
 pub(crate) use events::{EventBus, DEFAULT_EVENT_CAPACITY};
 pub(crate) use histogram::Histogram;
-pub use histogram::Percentiles;
+pub use histogram::{BytePercentiles, Percentiles};
 
 use std::time::Duration;
 
@@ -66,11 +66,14 @@ pub(crate) struct TierCounters {
     scale_ups: Counter,
     scale_downs: Counter,
     busy_nanos: Counter,
+    bytes_allocated: Counter,
     /// Written by submitters and workers alike: each on a line of its own.
     queued: Padded<AtomicUsize>,
     running: Padded<AtomicUsize>,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
+    /// Bytes allocated per run (only with the counting allocator).
+    pub(crate) task_bytes: Histogram,
     /// The runtime's event bus (an inert one for counters outside a
     /// runtime).
     pub(crate) events: Arc<EventBus>,
@@ -100,10 +103,12 @@ impl TierCounters {
             scale_ups: Counter::default(),
             scale_downs: Counter::default(),
             busy_nanos: Counter::default(),
+            bytes_allocated: Counter::default(),
             queued: Padded(AtomicUsize::new(0)),
             running: Padded(AtomicUsize::new(0)),
             queue_wait: Histogram::new(),
             run_time: Histogram::new(),
+            task_bytes: Histogram::new(),
         }
     }
 
@@ -163,6 +168,13 @@ impl TierCounters {
         self.run_time.record(d);
         self.busy_nanos
             .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// A run allocated `bytes` (see `alloc.rs`).
+    #[inline]
+    pub(crate) fn allocated(&self, bytes: u64) {
+        self.bytes_allocated.add(bytes);
+        self.task_bytes.record_value(bytes);
     }
 
     /// Records a terminal outcome (called only by the slot's winner).
@@ -226,6 +238,8 @@ impl TierCounters {
             scale_ups: self.scale_ups.get(),
             scale_downs: self.scale_downs.get(),
             busy: Duration::from_nanos(self.busy_nanos.get()),
+            bytes_allocated: self.bytes_allocated.get(),
+            task_bytes: self.task_bytes.value_percentiles(),
             queued: self.queued(),
             running: self.running(),
             queue_wait: self.queue_wait.percentiles(),
@@ -252,6 +266,8 @@ pub(crate) struct CounterSnapshot {
     pub(crate) scale_ups: u64,
     pub(crate) scale_downs: u64,
     pub(crate) busy: Duration,
+    pub(crate) bytes_allocated: u64,
+    pub(crate) task_bytes: BytePercentiles,
     pub(crate) queued: usize,
     pub(crate) running: usize,
     pub(crate) queue_wait: Percentiles,

@@ -1,0 +1,162 @@
+//! The counting allocator, installed as this test binary's global
+//! allocator: bytes are attributed to the task that allocated them, and a
+//! task over its memory budget is cancelled (reason: memory).
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use tierpool::alloc::CountingAllocator;
+use tierpool::{CancelReason, Cancelled, Priority, Runtime};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
+const MIB: u64 = 1024 * 1024;
+/// What a run allocates besides the test's buffer (the harness's
+/// bookkeeping, a formatted message): far below a MiB.
+const SLACK: u64 = 256 * 1024;
+
+fn allocate(bytes: u64) -> Vec<u8> {
+    black_box(vec![1u8; bytes as usize])
+}
+
+#[test]
+fn bytes_are_attributed_to_the_task_that_allocated_them() {
+    // One worker: both tasks run on the same thread, one after the other,
+    // so a per-thread count that leaked from one run into the next shows.
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark())
+        .build()
+        .unwrap();
+    let run = |bytes: u64| {
+        rt.background()
+            .submit(Priority::Normal, move |ctx| {
+                let v = allocate(bytes);
+                let seen = ctx.allocated_bytes();
+                let held = ctx.held_bytes();
+                drop(v);
+                Ok::<_, Cancelled>((seen, held, ctx.held_bytes()))
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let (small, small_held, small_after) = run(MIB);
+    let (big, big_held, big_after) = run(10 * MIB);
+    assert!(
+        (MIB..MIB + SLACK).contains(&small),
+        "1 MiB task saw {small} B"
+    );
+    assert!(
+        (10 * MIB..10 * MIB + SLACK).contains(&big),
+        "10 MiB task saw {big} B"
+    );
+    assert!(small_held >= MIB && big_held >= 10 * MIB);
+    assert!(
+        small_after < SLACK && big_after < SLACK,
+        "freed buffers still held: {small_after} / {big_after} B"
+    );
+
+    // The worker records a run's bytes after the closure returns, and the
+    // handle may resolve first: wait for the second record.
+    common::wait_until("both runs recorded", common::WAIT, || {
+        rt.background().stats().task_bytes.count == 2
+    });
+    let s = rt.background().stats();
+    assert_eq!(s.task_bytes.count, 2);
+    assert!(
+        (10 * MIB..10 * MIB + SLACK).contains(&s.task_bytes.max),
+        "{:?}",
+        s.task_bytes
+    );
+    assert!(
+        (11 * MIB..11 * MIB + 2 * SLACK).contains(&s.bytes_allocated),
+        "tier total {} B",
+        s.bytes_allocated
+    );
+    // Other tiers ran nothing: nothing attributed to them.
+    assert_eq!(rt.ui().stats().bytes_allocated, 0);
+    assert!(CountingAllocator::is_active());
+    assert!(CountingAllocator::total_allocated() >= 11 * MIB);
+    rt.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_context_read_off_its_worker_thread_reads_zero() {
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark())
+        .build()
+        .unwrap();
+    let h = rt
+        .background()
+        .submit(Priority::Normal, |ctx| {
+            let _v = allocate(MIB);
+            let off = std::thread::scope(|s| s.spawn(|| ctx.allocated_bytes()).join().unwrap());
+            Ok::<_, Cancelled>(off)
+        })
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 0);
+    rt.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_task_over_its_memory_budget_is_cancelled_at_its_checkpoint() {
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark().memory_budget(4 * MIB))
+        .build()
+        .unwrap();
+    let h = rt
+        .background()
+        .submit(Priority::Normal, |ctx| {
+            let mut held = Vec::new();
+            for _ in 0..16 {
+                ctx.checkpoint()?;
+                held.push(allocate(MIB));
+            }
+            Ok::<_, Cancelled>(held.len())
+        })
+        .unwrap();
+    let e = h.join().unwrap_err();
+    assert_eq!(e.cancel_reason(), Some(CancelReason::Memory), "{e}");
+
+    // Gross allocation far over the budget, but never holding more than
+    // 1 MiB: the budget is on what a task holds, so it completes.
+    let h = rt
+        .background()
+        .submit(Priority::Normal, |ctx| {
+            for _ in 0..16 {
+                ctx.checkpoint()?;
+                drop(allocate(MIB));
+            }
+            Ok::<_, Cancelled>(ctx.allocated_bytes())
+        })
+        .unwrap();
+    assert!(h.join().unwrap() >= 16 * MIB);
+
+    let s = rt.background().stats();
+    assert_eq!(s.cancelled.memory, 1);
+    assert_eq!(s.completed, 1);
+    rt.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_budget_is_checked_before_sleeping() {
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark().memory_budget(MIB))
+        .build()
+        .unwrap();
+    let h = rt
+        .background()
+        .submit(Priority::Normal, |ctx| {
+            let _v = allocate(2 * MIB);
+            // Would sleep for an hour if the budget were not checked.
+            ctx.sleep(Duration::from_secs(3600))?;
+            Ok::<_, Cancelled>(())
+        })
+        .unwrap();
+    let e = h.join().unwrap_err();
+    assert_eq!(e.cancel_reason(), Some(CancelReason::Memory));
+    rt.shutdown(Duration::from_secs(5));
+}
