@@ -12,24 +12,52 @@ USAGE:
     tierpool help
 
 demo
-    Simulates the application tierpool was designed from (EVE DMV): many
-    users issue character lookups on the ui tier (some slow, some failing),
-    bursts of killmail events arrive on the realtime tier, heavy analyses run
-    on the background tier (a few run past their timeout, one ignores
-    cancellation and becomes a zombie). A dashboard line per tier is printed
-    every second; at the end (or on Ctrl-C) the runtime shuts down
-    gracefully and prints its stats and drain report.
+    Simulates the application tierpool was designed from (EVE DMV):
+      ui          many users look up characters (some slow, some failing;
+                  per-user limits reject a user's bursts beyond its share)
+      realtime    killmail events arrive in bursts; critical ones preempt
+      background  heavy analyses, some past their 1.5 s timeout, one that
+                  ignores cancellation and becomes a zombie
+      analysis    character-intel requests (cached, de-duplicated) and CPU
+                  batches of killmail valuations
+    plus two workers against a simulated external API (ESI) that is slow
+    (2-8 ms a call), rate limited (50 calls/s), fails ~10% of calls and goes
+    fully down for 2 s every 12 s (first at 2.5 s), behind one circuit
+    breaker (it opens, probes and closes again):
+      re-enricher   a sample of the killmails is fetched again in batches,
+                    with retries, backoff and dead letters (ids the API
+                    does not know are dead at once: not retryable)
+      cache-warmer  on the runtime's scheduler, regular keys every 2 s and
+                    critical keys every 1 s; cycles are skipped while the
+                    background tier is more than 80% busy
+
+    A live dashboard is refreshed every second: per tier queued, running,
+    done, failed, timed out and run-time p99; the breaker's state and
+    transitions; the re-enricher's pending items and dead letters; the
+    cache warmer's runs and skips; health with its reasons. On a terminal it
+    redraws in place; otherwise (pipes, CI) it prints one line a second.
+    With --format json or prometheus the live view goes to stderr, so
+    stdout holds only the final output.
+
+    At the end (or on Ctrl-C; a second Ctrl-C exits at once) the runtime
+    shuts down gracefully, prints its drain report and a summary.
 
 OPTIONS:
     -d, --duration <TIME>   how long to run: 10s, 1500ms, 2m   [default: 8s]
-    -u, --users <N>         simulated ui users                 [default: 40]
+    -u, --users <N>         simulated ui users (1-10000)       [default: 40]
     -l, --load <FACTOR>     scales every arrival rate (0.1-20) [default: 1.0]
-    -f, --format <FORMAT>   final stats: table | json          [default: table]
-    -q, --quiet             no live dashboard
+    -f, --format <FORMAT>   final output: table | json | prometheus
+                            (table: stats, workers, health, drain report;
+                            json: the stats object plus a \"demo\" object;
+                            prometheus: text exposition)  [default: table]
+    -q, --quiet             no live dashboard (and, with json/prometheus,
+                            no drain report on stderr)
     -h, --help              this text
 
-Logs go to stderr through env_logger: RUST_LOG=tierpool=info shows
-warnings, timeouts and zombies as they happen.
+Logs go to stderr through env_logger (default level warn; error while the
+dashboard redraws in place on a terminal): RUST_LOG=info
+shows timeouts, zombies, breaker transitions and dead letters as they
+happen; RUST_LOG=off silences them.
 ";
 
 /// Options of `tierpool demo`.
@@ -46,6 +74,7 @@ pub(crate) struct DemoOptions {
 pub(crate) enum Format {
     Table,
     Json,
+    Prometheus,
 }
 
 impl Default for DemoOptions {
@@ -61,10 +90,18 @@ impl Default for DemoOptions {
 }
 
 pub(crate) fn main(args: Vec<String>) -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let parsed = parse(&args);
+    // Warnings would scroll between redraws of an in-place dashboard (it
+    // shows timeouts itself): there only errors are logged unless RUST_LOG
+    // says otherwise.
+    let level = match &parsed {
+        Ok(Command::Demo(o)) if demo::redraws_in_place(o) => "error",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()
         .init();
-    match parse(&args) {
+    match parsed {
         Ok(Command::Help) => {
             print!("{HELP}");
             0
@@ -83,13 +120,23 @@ enum Command {
     Demo(DemoOptions),
 }
 
+/// The subcommands, for the error message.
+const COMMANDS: &str = "`demo` or `help`";
+
 fn parse(args: &[String]) -> Result<Command, String> {
-    let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        None | Some("help" | "-h" | "--help") => return Ok(Command::Help),
-        Some("demo") => {}
-        Some(other) => return Err(format!("unknown command {other:?} (expected `demo`)")),
+    let Some((cmd, rest)) = args.split_first() else {
+        return Ok(Command::Help);
+    };
+    match cmd.as_str() {
+        "help" | "-h" | "--help" => Ok(Command::Help),
+        "demo" => parse_demo(rest),
+        other => Err(format!("unknown command {other:?} (expected {COMMANDS})")),
     }
+}
+
+/// `tierpool demo`'s flags (`--help` among them gives the help).
+fn parse_demo(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter();
     let mut o = DemoOptions::default();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| {
@@ -124,10 +171,15 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 o.format = match v.as_str() {
                     "table" => Format::Table,
                     "json" => Format::Json,
-                    _ => return Err(format!("--format {v:?}: expected table or json")),
+                    "prometheus" => Format::Prometheus,
+                    _ => {
+                        return Err(format!(
+                            "--format {v:?}: expected table, json or prometheus"
+                        ))
+                    }
                 };
             }
-            other => return Err(format!("unknown option {other:?}")),
+            other => return Err(format!("unknown option {other:?} for `demo`")),
         }
     }
     Ok(Command::Demo(o))
@@ -173,6 +225,22 @@ mod tests {
             (o.users, o.load, o.format, o.quiet),
             (5, 2.5, Format::Json, true)
         );
+    }
+
+    #[test]
+    fn formats() {
+        for (flag, want) in [
+            ("table", Format::Table),
+            ("json", Format::Json),
+            ("prometheus", Format::Prometheus),
+        ] {
+            let Ok(Command::Demo(o)) = parse(&args(&format!("demo -f {flag}"))) else {
+                panic!("{flag} did not parse");
+            };
+            assert_eq!(o.format, want);
+        }
+        assert_eq!(parse(&args("demo --help")), Ok(Command::Help));
+        assert_eq!(parse(&[]), Ok(Command::Help));
     }
 
     #[test]
