@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `tierpool` binary.
 
+mod bench;
 mod demo;
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ tierpool — structured background work for synchronous Rust
 
 USAGE:
     tierpool demo [OPTIONS]
+    tierpool bench [--quick] [--out DIR]
     tierpool help
 
 demo
@@ -30,6 +32,17 @@ OPTIONS:
 
 Logs go to stderr through env_logger: RUST_LOG=tierpool=info shows
 warnings, timeouts and zombies as they happen.
+
+bench
+    tierpool side by side with the threadpool crate, rayon and a bare
+    crossbeam-channel pool, in one process: tiny-task dispatch, head-of-line
+    isolation, timeout enforcement (10,000 concurrent deadlines), idle CPU,
+    a 1,000-item CPU batch. Prints markdown tables with the issue-5 targets
+    met or missed; writes DIR/report.md and DIR/isolation.svg. Build with
+    --release. A full run takes about two minutes.
+
+    --quick                 smaller sizes for a CI smoke run (< 40 s)
+    -o, --out <DIR>         where to write    [default: target/tierpool-bench]
 ";
 
 /// Options of `tierpool demo`.
@@ -70,6 +83,7 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
             0
         }
         Ok(Command::Demo(opts)) => demo::run(&opts),
+        Ok(Command::Bench(opts)) => bench::run(&opts),
         Err(msg) => {
             eprintln!("error: {msg}\n\nRun `tierpool --help` for usage.");
             2
@@ -81,6 +95,7 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
 enum Command {
     Help,
     Demo(DemoOptions),
+    Bench(bench::BenchOptions),
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
@@ -88,7 +103,14 @@ fn parse(args: &[String]) -> Result<Command, String> {
     match it.next().map(String::as_str) {
         None | Some("help" | "-h" | "--help") => return Ok(Command::Help),
         Some("demo") => {}
-        Some(other) => return Err(format!("unknown command {other:?} (expected `demo`)")),
+        Some("bench") => {
+            return Ok(bench::parse(it.as_slice())?.map_or(Command::Help, Command::Bench))
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown command {other:?} (expected `demo` or `bench`)"
+            ))
+        }
     }
     let mut o = DemoOptions::default();
     while let Some(flag) = it.next() {
