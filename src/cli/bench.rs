@@ -129,8 +129,9 @@ pub(crate) fn run(opts: &BenchOptions) -> i32 {
     }
     let _ = writeln!(
         summary,
-        "\nWhole run: {:.1} s.\n",
-        started.elapsed().as_secs_f64()
+        "\nWhole run: {:.1} s; load average at the end {} (other tenants of the machine count too: ratios within one run are what to compare).\n",
+        started.elapsed().as_secs_f64(),
+        load_average()
     );
     print!("{summary}");
     md.push_str(&summary);
