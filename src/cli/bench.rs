@@ -129,7 +129,7 @@ pub(crate) fn run(opts: &BenchOptions) -> i32 {
     }
     let _ = writeln!(
         summary,
-        "\nWhole run: {:.1} s; load average at the end {} (other tenants of the machine count too: ratios within one run are what to compare).\n",
+        "\nWhole run: {:.1} s; load average at the end {} (it counts this run's own threads too: the timeout section starts one per deadline; other tenants of the machine slow every contender alike, so compare ratios within one run).\n",
         started.elapsed().as_secs_f64(),
         load_average()
     );
@@ -859,7 +859,7 @@ fn isolation_svg(runs: &[(&str, HolRun)]) -> String {
         );
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}">{} (p99 {} ms)</text>"#,
+            r#"<text x="{}" y="{}" font-size="11">{} (p99 {} ms)</text>"#,
             lx + 28.0,
             ly + 4.0,
             xml_escape(name),
