@@ -586,7 +586,7 @@ impl TaskContext {
     fn enforce_budget(&self, budget: u64) {
         let held = self.held_bytes();
         if held > budget {
-            log::warn!(target: "tierpool::task", "task {} on {} holds {held} B, over its memory budget of {budget} B: cancelled",
+            tlog!(warn, target: "tierpool::task", "task {} on {} holds {held} B, over its memory budget of {budget} B: cancelled",
                 self.id(), self.tier());
             self.core.cancel(CancelReason::Memory);
         }

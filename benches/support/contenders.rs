@@ -150,12 +150,13 @@ pub fn tierpool_ui(workers: usize, queue_capacity: usize, features: Features) ->
         .expect("valid bench runtime")
 }
 
-/// The isolation setup: heavy work on `background` (`heavy` workers), light
-/// work on `realtime` (`light` workers), the ui tier shrunk.
+/// The isolation setup: heavy work on `background` (`heavy` workers, at OS
+/// nice 10 — `TierConfig::os_nice`, opt-in), light work on `realtime`
+/// (`light` workers), the ui tier shrunk.
 pub fn tierpool_isolated(heavy: usize, light: usize, queue_capacity: usize) -> Runtime {
     Runtime::builder()
         .ui(|t| t.workers(1))
-        .background(|t| t.workers(heavy).queue_capacity(queue_capacity))
+        .background(|t| t.workers(heavy).queue_capacity(queue_capacity).os_nice(10))
         .realtime(|t| {
             t.workers(light)
                 .reserved_slots(0)

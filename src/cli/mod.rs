@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `tierpool` binary.
 
+mod bench;
 mod demo;
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ tierpool — structured background work for synchronous Rust
 
 USAGE:
     tierpool demo [OPTIONS]
+    tierpool bench [--quick] [--out DIR]
     tierpool help
 
 demo
@@ -58,6 +60,17 @@ Logs go to stderr through env_logger (default level warn; error while the
 dashboard redraws in place on a terminal): RUST_LOG=info
 shows timeouts, zombies, breaker transitions and dead letters as they
 happen; RUST_LOG=off silences them.
+
+bench
+    tierpool side by side with the threadpool crate, rayon and a bare
+    crossbeam-channel pool, in one process: tiny-task dispatch, head-of-line
+    isolation, timeout enforcement (10,000 concurrent deadlines), idle CPU,
+    a 1,000-item CPU batch. Prints markdown tables with the issue-5 targets
+    met or missed; writes DIR/report.md and DIR/isolation.svg. Build with
+    --release. A full run takes about two minutes.
+
+    --quick                 smaller sizes for a CI smoke run (< 40 s)
+    -o, --out <DIR>         where to write    [default: target/tierpool-bench]
 ";
 
 /// Options of `tierpool demo`.
@@ -107,6 +120,7 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
             0
         }
         Ok(Command::Demo(opts)) => demo::run(&opts),
+        Ok(Command::Bench(opts)) => bench::run(&opts),
         Err(msg) => {
             eprintln!("error: {msg}\n\nRun `tierpool --help` for usage.");
             2
@@ -118,10 +132,11 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
 enum Command {
     Help,
     Demo(DemoOptions),
+    Bench(bench::BenchOptions),
 }
 
 /// The subcommands, for the error message.
-const COMMANDS: &str = "`demo` or `help`";
+const COMMANDS: &str = "`demo`, `bench` or `help`";
 
 fn parse(args: &[String]) -> Result<Command, String> {
     let Some((cmd, rest)) = args.split_first() else {
@@ -130,6 +145,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     match cmd.as_str() {
         "help" | "-h" | "--help" => Ok(Command::Help),
         "demo" => parse_demo(rest),
+        "bench" => Ok(bench::parse(rest)?.map_or(Command::Help, Command::Bench)),
         other => Err(format!("unknown command {other:?} (expected {COMMANDS})")),
     }
 }
