@@ -312,13 +312,11 @@ fn demo_prints_prometheus_text() {
         if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
             continue;
         }
-        // name{labels} value
+        // name{labels} value, or name value (labels are optional)
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("no value: {line:?}"));
-        let (name, labels) = series
-            .split_once('{')
-            .unwrap_or_else(|| panic!("no labels: {line:?}"));
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
         assert!(
             !name.is_empty()
                 && name
@@ -330,7 +328,7 @@ fn demo_prints_prometheus_text() {
         let labels = labels
             .strip_suffix('}')
             .unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
-        for pair in labels.split(',') {
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .unwrap_or_else(|| panic!("bad label {pair:?}: {line:?}"));
