@@ -21,7 +21,8 @@ use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, Padded};
 use crate::task::TaskStatus;
 
 /// Log calls that panicked in the application's logger (see `tlog!`).
-pub(crate) static LOG_PANICS: AtomicU64 = AtomicU64::new(0);
+/// (A std atomic: loom's cannot be `static`, and this is no protocol.)
+pub(crate) static LOG_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs one log call, isolated from a panicking logger (see `tlog!`).
 #[inline]
@@ -30,7 +31,7 @@ pub(crate) fn guard_log(f: impl FnOnce()) {
         return;
     }
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        LOG_PANICS.fetch_add(1, Ordering::Relaxed);
+        LOG_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
