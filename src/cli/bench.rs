@@ -3,9 +3,10 @@
 //! scenarios of issue 5. Prints markdown tables, writes `report.md` and
 //! `isolation.svg` (a hand-drawn CDF of the light-task latencies).
 //!
-//! The contenders and the dispatch / head-of-line workloads are the
-//! `cargo bench --bench peers` harness itself (`benches/support`), included
-//! here by path so both always measure the same thing.
+//! The contenders and the dispatch / head-of-line workloads live in
+//! `benches/support`, included here by path and shared with
+//! `examples/profile_dispatch.rs`, so profiling and the report measure the
+//! same thing.
 
 #[path = "../../benches/support/mod.rs"]
 mod support;
