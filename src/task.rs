@@ -380,7 +380,7 @@ pub(crate) trait Body<T, E>:
 impl<T, E, B> Body<T, E> for B where B: FnMut(&TaskContext, &Slot<T, E>) -> RunEnd + Send + 'static {}
 
 /// A handle's view of the typed part.
-pub(crate) trait TypedSlot<T, E>: Send + Sync {
+pub(crate) trait TypedSlot<T, E>: Settle {
     fn slot(&self) -> &Slot<T, E>;
 }
 
@@ -729,8 +729,8 @@ impl fmt::Debug for TaskContext {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct TaskHandle<T, E> {
-    core: Arc<TaskCore>,
-    /// The same allocation as `core`, seen with its typed slot.
+    /// The task, seen with its typed slot (one reference: the engine's
+    /// view is an upcast of the same `Arc` when needed).
     typed: TypedCore<T, E>,
     clock: Clock,
 }
@@ -739,8 +739,8 @@ pub struct TaskHandle<T, E> {
 pub(crate) type TypedCore<T, E> = Arc<TaskCoreOf<dyn TypedSlot<T, E>>>;
 
 impl<T, E> TaskHandle<T, E> {
-    pub(crate) fn new(core: Arc<TaskCore>, typed: TypedCore<T, E>, clock: Clock) -> Self {
-        TaskHandle { core, typed, clock }
+    pub(crate) fn new(typed: TypedCore<T, E>, clock: Clock) -> Self {
+        TaskHandle { typed, clock }
     }
 
     fn slot(&self) -> &Slot<T, E> {
@@ -749,11 +749,12 @@ impl<T, E> TaskHandle<T, E> {
 
     /// The task's id.
     pub fn id(&self) -> TaskId {
-        self.core.id
+        self.typed.id
     }
 
     pub(crate) fn into_parts(self) -> (Arc<TaskCore>, TypedCore<T, E>) {
-        (self.core, self.typed)
+        let core: Arc<TaskCore> = self.typed.clone();
+        (core, self.typed)
     }
 
     /// Waits for the outcome. With a timeout set, this returns by the
@@ -785,19 +786,20 @@ impl<T, E> TaskHandle<T, E> {
 
     /// Whether the outcome is there.
     pub fn is_finished(&self) -> bool {
-        self.core.slot.outcome().is_some()
+        self.typed.slot.outcome().is_some()
     }
 
     /// Cancels the task: a queued task never starts; a running one sees
     /// its token cancelled, and the handle resolves as cancelled at once
     /// (a late result is dropped). `true` if this call cancelled it.
     pub fn cancel(&self) -> bool {
-        self.core.cancel(CancelReason::Caller)
+        let core: Arc<TaskCore> = self.typed.clone();
+        core.cancel(CancelReason::Caller)
     }
 
     /// Where the task is now, or how it ended.
     pub fn status(&self) -> TaskStatus {
-        self.core.status()
+        self.typed.status()
     }
 }
 

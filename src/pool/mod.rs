@@ -300,26 +300,29 @@ impl PoolShared {
             self.counters.clone(),
             self.self_weak.clone(),
         ));
-        let core: Arc<TaskCore> = typed.clone();
+        // Two references to the one allocation: the handle's and the
+        // queued job's (refcount traffic on the core's line is per-task
+        // cost, shared with the worker).
+        let job_core: Arc<TaskCore> = typed.clone();
         let typed: TypedCore<T, E> = typed;
-        let job = Job { core: core.clone() };
         self.counters.submitted();
-        let id = core.id;
+        let id = typed.id;
         tlog!(trace, target: "tierpool::task", "{}: task {id} submitted ({priority})", self.name());
         self.events().emit_with(|| Event::TaskSubmitted {
             tier: self.name(),
             task: id,
             priority,
         });
-        self.push_reserved(priority, Work::Task(job));
         if let Some(at) = queue_budget.and_then(|b| submitted_at.checked_add(b)) {
-            self.watchdog.watch_queue(&core, at);
+            // Before the push: the entry only holds a weak reference.
+            self.watchdog.watch_queue(&job_core, at);
         }
+        self.push_reserved(priority, Work::Task(Job { core: job_core }));
         self.wake_for_new_work();
         if priority == Priority::Critical && self.config.preemption {
             self.maybe_preempt();
         }
-        Ok(TaskHandle::new(core, typed, self.clock.clone()))
+        Ok(TaskHandle::new(typed, self.clock.clone()))
     }
 
     /// Reserves a place at `level` (see `reserved`), within the level's
