@@ -228,9 +228,8 @@ impl PoolShared {
     // ---- submit -------------------------------------------------------
 
     /// Admits and enqueues a task; hands `f` back on rejection. Never
-    /// blocks.
-    /// Rejections are not counted here: a blocking submit retries, and
-    /// only its final answer counts (see `Tier`).
+    /// blocks. Rejections are not counted here: a blocking submit retries,
+    /// and only its final answer counts (see `Tier`).
     pub(crate) fn submit<T, E, F, B>(
         self: &Arc<Self>,
         opts: TaskOptions,
@@ -245,20 +244,6 @@ impl PoolShared {
         // Announce ourselves before looking at the lifecycle, so shutdown
         // can wait for us to finish pushing (none stranded).
         let _pass = self.gate.enter();
-        self.admit(opts, f, make_body)
-    }
-
-    fn admit<T, E, F, B>(
-        self: &Arc<Self>,
-        opts: TaskOptions,
-        f: F,
-        make_body: impl FnOnce(F) -> B,
-    ) -> Result<TaskHandle<T, E>, SubmitError<F>>
-    where
-        T: Send + 'static,
-        E: Send + 'static,
-        B: Body<T, E>,
-    {
         if self.gate.state() != OPEN {
             return Err(SubmitError::new(RejectReason::ShuttingDown, f));
         }
