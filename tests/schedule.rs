@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{runtime, wait};
+use common::{runtime, wait, CountingGate};
 use proptest::prelude::*;
 use tierpool::{JobHealth, LoadRule, MissedRun, Priority, RunKind, Scheduler, SkipReason};
 
@@ -211,11 +211,11 @@ fn blocking_job(
     tierpool::Runtime,
     Scheduler,
     tierpool::JobId,
-    crossbeam_like::Gate,
+    CountingGate,
 ) {
     let (m, rt) = runtime(2);
     let s = Scheduler::builder(rt.background()).build().unwrap();
-    let gate = crossbeam_like::Gate::default();
+    let gate = CountingGate::default();
     let g = gate.clone();
     let id = s
         .every(10 * SEC)
@@ -227,34 +227,6 @@ fn blocking_job(
         })
         .unwrap();
     (m, rt, s, id, gate)
-}
-
-/// A gate a job blocks on until the test opens it (std only).
-mod crossbeam_like {
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::Duration;
-
-    #[derive(Clone, Default)]
-    pub struct Gate(Arc<(Mutex<(bool, u32)>, Condvar)>);
-
-    impl Gate {
-        pub fn pass(&self) {
-            let (m, cv) = &*self.0;
-            let mut g = m.lock().unwrap();
-            g.1 += 1;
-            cv.notify_all();
-            while !g.0 {
-                g = cv.wait_timeout(g, Duration::from_millis(50)).unwrap().0;
-            }
-        }
-        pub fn entered(&self) -> u32 {
-            self.0 .0.lock().unwrap().1
-        }
-        pub fn open(&self) {
-            self.0 .0.lock().unwrap().0 = true;
-            self.0 .1.notify_all();
-        }
-    }
 }
 
 #[test]
@@ -313,7 +285,7 @@ fn load_aware_jobs_skip_with_the_reason_or_shrink() {
         })
         .unwrap();
     // Fill both background workers.
-    let gate = crossbeam_like::Gate::default();
+    let gate = CountingGate::default();
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let g = gate.clone();
@@ -358,7 +330,7 @@ fn shrink_passes_the_scale_to_the_job() {
     let s = Scheduler::builder(rt.background()).build().unwrap();
     let scales: Arc<Mutex<Vec<f64>>> = Arc::default();
     let sink = scales.clone();
-    let gate = crossbeam_like::Gate::default();
+    let gate = CountingGate::default();
     let g = gate.clone();
     let blocker = rt
         .background()
