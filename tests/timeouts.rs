@@ -176,8 +176,9 @@ fn zombie_is_declared_replaced_and_retires_when_it_returns() {
 /// that saw the timeout and advanced time at once pushed it later.
 #[test]
 fn zombie_deadline_counts_from_the_timeout_not_from_when_the_caller_saw_it() {
-    for _ in 0..10 {
+    for i in 0..10 {
         let m = ManualClock::new();
+        let start = m.now();
         let rt = manual_rt(&m);
         let gate = Gate::new();
         let g2 = gate.clone();
@@ -194,9 +195,20 @@ fn zombie_deadline_counts_from_the_timeout_not_from_when_the_caller_saw_it() {
         m.advance(Duration::from_secs(1));
         assert!(h.join().unwrap_err().is_timeout());
         m.advance(Duration::from_secs(1)); // the grace, and no more
-        wait_until("zombie declared one grace after the timeout", WAIT, || {
-            rt.background().stats().zombies == 1
-        });
+        // Not `wait_until`: on failure this prints the tier's state (a CI
+        // run once timed out here and the bare message told nothing).
+        let end = std::time::Instant::now() + WAIT;
+        while rt.background().stats().zombies != 1 {
+            assert!(
+                std::time::Instant::now() < end,
+                "iteration {i}: no zombie {WAIT:?} after one grace; clock at {:?} from the start; \
+                 running {}; stats:\n{}",
+                m.now() - start,
+                rt.background().stats().running,
+                rt.stats()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         gate.open();
     }
 }
