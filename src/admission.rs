@@ -88,12 +88,10 @@ impl Admission {
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         user: Option<&Arc<str>>,
-    ) -> Result<Permit, RejectReason> {
+    ) -> Result<Option<Permit>, RejectReason> {
         if !self.limited() {
-            return Ok(Permit {
-                admission: None,
-                user: None,
-            });
+            // Nothing to count, nothing to give back.
+            return Ok(None);
         }
         let limit = self.max_in_flight.unwrap_or(usize::MAX);
         self.in_flight
@@ -117,14 +115,14 @@ impl Admission {
             }
             *n += 1;
         }
-        Ok(Permit {
+        Ok(Some(Permit {
             admission: Some(self.clone()),
             user: if self.per_user_limit.is_some() {
                 user.cloned()
             } else {
                 None
             },
-        })
+        }))
     }
 
     /// Gives back one unit of the global count; `user_was_full` says the
@@ -285,7 +283,7 @@ mod tests {
             ) {
                 let a = Arc::new(Admission::new(global, per_user));
                 let users: Vec<Arc<str>> = (0..4).map(|u| Arc::from(format!("u{u}"))).collect();
-                let mut held: Vec<(Option<u8>, Permit)> = Vec::new();
+                let mut held: Vec<(Option<u8>, Option<Permit>)> = Vec::new();
                 for op in ops {
                     match op {
                         Op::Acquire(u) => {

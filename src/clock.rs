@@ -37,6 +37,11 @@ const MANUAL_POLL: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct Clock {
     kind: ClockKind,
+    /// The origin of [`Clock::nanos`]: the engine keeps instants as integer
+    /// nanoseconds past it (one conversion per clock read instead of one
+    /// per subtraction on the hot path). Process-wide for the system clock,
+    /// the start for a manual one.
+    epoch: Instant,
 }
 
 #[derive(Clone)]
@@ -48,9 +53,26 @@ enum ClockKind {
 impl Clock {
     /// The operating system's monotonic clock.
     pub fn system() -> Self {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         Clock {
             kind: ClockKind::System,
+            epoch: *EPOCH.get_or_init(Instant::now),
         }
+    }
+
+    /// Nanoseconds from this clock's epoch to `at` (0 for an earlier
+    /// instant, saturating at `u64::MAX`: 584 years).
+    #[inline]
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.epoch);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
+    }
+
+    /// The instant `nanos` past the epoch (`None` if not representable).
+    pub(crate) fn instant_at(&self, nanos: u64) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_nanos(nanos))
     }
 
     /// The current instant on this clock.
@@ -139,13 +161,16 @@ impl fmt::Debug for Clock {
 #[derive(Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<Instant>>,
+    start: Instant,
 }
 
 impl ManualClock {
     /// A manual clock starting at the current instant.
     pub fn new() -> Self {
+        let start = Instant::now();
         ManualClock {
-            now: Arc::new(Mutex::new(Instant::now())),
+            now: Arc::new(Mutex::new(start)),
+            start,
         }
     }
 
@@ -153,6 +178,7 @@ impl ManualClock {
     pub fn clock(&self) -> Clock {
         Clock {
             kind: ClockKind::Manual(self.now.clone()),
+            epoch: self.start,
         }
     }
 

@@ -74,10 +74,15 @@ impl MemoryGate {
     }
 
     /// Whether the tier may start new work now (sampling if due).
+    #[inline]
     pub(crate) fn allows_work(&self, clock: &Clock) -> bool {
-        let Some(w) = self.watermark else {
-            return true;
-        };
+        match self.watermark {
+            None => true,
+            Some(w) => self.sample_and_allow(w, clock),
+        }
+    }
+
+    fn sample_and_allow(&self, w: Watermark, clock: &Clock) -> bool {
         let now = clock.now();
         {
             let mut last = self.last_sample.lock();

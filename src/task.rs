@@ -114,7 +114,9 @@ pub(crate) struct TaskCoreOf<S: ?Sized> {
     pub(crate) id: TaskId,
     pub(crate) opts: TaskOptions,
     pub(crate) tier: &'static str,
-    pub(crate) submitted_at: Instant,
+    /// When it was submitted, in nanoseconds on the clock's epoch
+    /// ([`Clock::nanos`]).
+    pub(crate) submitted: u64,
     state: AtomicU8,
     /// Bumped on every (re)start so the watchdog can tell a stale entry.
     attempt: AtomicU32,
@@ -126,7 +128,10 @@ pub(crate) struct TaskCoreOf<S: ?Sized> {
     watch_phase: AtomicU8,
     run_start: AtomicU64,
     token: TokenCell,
+    /// `None` from the start for a tier without limits (nothing to give
+    /// back): `held` says so without taking the lock.
     permit: Mutex<Option<Permit>>,
+    held: bool,
     pub(crate) counters: Arc<TierCounters>,
     pub(crate) pool: Weak<PoolShared>,
     /// The typed part: outcome slot and closure (see `Typed`).
@@ -140,9 +145,9 @@ impl<S> TaskCoreOf<S> {
     pub(crate) fn new(
         opts: TaskOptions,
         tier: &'static str,
-        submitted_at: Instant,
+        submitted: u64,
         slot: S,
-        permit: Permit,
+        permit: Option<Permit>,
         counters: Arc<TierCounters>,
         pool: Weak<PoolShared>,
     ) -> Self {
@@ -150,14 +155,15 @@ impl<S> TaskCoreOf<S> {
             id: TaskId::next(),
             opts,
             tier,
-            submitted_at,
+            submitted,
             state: AtomicU8::new(QUEUED),
             attempt: AtomicU32::new(0),
             watch_at: AtomicU64::new(u64::MAX),
             watch_phase: AtomicU8::new(0),
             run_start: AtomicU64::new(0),
             token: TokenCell::default(),
-            permit: Mutex::new(Some(permit)),
+            held: permit.is_some(),
+            permit: Mutex::new(permit),
             counters,
             pool,
             slot,
@@ -268,7 +274,11 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
         won
     }
 
+    #[inline]
     pub(crate) fn release_permit(&self) {
+        if !self.held {
+            return;
+        }
         let permit = self.permit.lock().take();
         drop(permit);
     }
@@ -350,7 +360,11 @@ impl Drop for Job {
     fn drop(&mut self) {
         // Invariant 2: a job that leaves the system without having run
         // (a queue dropped at shutdown, a failed re-queue) still settles.
-        self.core.discard(CancelReason::Shutdown);
+        // A plain load first: almost every job is dropped after its run,
+        // and a failing compare-exchange still takes the line exclusive.
+        if self.core.state() == QUEUED {
+            self.core.discard(CancelReason::Shutdown);
+        }
     }
 }
 
@@ -663,7 +677,9 @@ impl TaskContext {
 
     /// When the task was submitted (on the runtime's clock).
     pub fn submitted_at(&self) -> Instant {
-        self.core.submitted_at
+        self.clock
+            .instant_at(self.core.submitted)
+            .unwrap_or(self.started)
     }
 
     pub(crate) fn core(&self) -> &TaskCore {

@@ -240,26 +240,32 @@ impl Tier {
         B: Body<T, E>,
     {
         let pool = &self.pool;
-        // A blocking submitter announces itself before its first try, so
-        // no release can slip between a failed attempt and the wait.
-        let mut waiter = wait.map(|w| (pool.admission.room_waiter(), w));
         let mut r = pool.submit(opts.clone(), f, make_body);
-        if let Some((waiter, wait)) = &mut waiter {
-            // The deadline is read off the clock only once a try failed:
-            // a clock read costs ~60 ns here, a tenth of a tiny task's path.
-            let mut deadline = None;
-            while let Err(e) = r {
-                if !e.reason().is_transient() {
-                    r = Err(e);
-                    break;
+        if let Some(wait) = wait {
+            // The common case (room at once) announces nothing: a blocking
+            // submitter announces itself only after a failed try, then
+            // tries again before it waits, so a release between the failed
+            // try and the announcement is seen by that second try, and any
+            // later one by the wait (invariant 3).
+            if matches!(&r, Err(e) if e.reason().is_transient()) {
+                let mut waiter = pool.admission.room_waiter();
+                // The deadline is read off the clock only once a try
+                // failed: a clock read is a tenth of a tiny task's path.
+                let deadline = pool.clock.deadline_after(wait);
+                let mut retried = false;
+                while let Err(e) = r {
+                    if !e.reason().is_transient() {
+                        r = Err(e);
+                        break;
+                    }
+                    let f = e.into_inner();
+                    if retried && !waiter.wait(&pool.clock, deadline) {
+                        r = Err(SubmitError::new(RejectReason::DeadlineElapsed, f));
+                        break;
+                    }
+                    retried = true;
+                    r = pool.submit(opts.clone(), f, make_body);
                 }
-                let f = e.into_inner();
-                let deadline = *deadline.get_or_insert_with(|| pool.clock.deadline_after(*wait));
-                if !waiter.wait(&pool.clock, deadline) {
-                    r = Err(SubmitError::new(RejectReason::DeadlineElapsed, f));
-                    break;
-                }
-                r = pool.submit(opts.clone(), f, make_body);
             }
         }
         if let Err(e) = &r {

@@ -153,9 +153,9 @@ pub(crate) struct Watchdog {
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+    /// Deadlines of running tasks are nanoseconds past its epoch
+    /// ([`Clock::nanos`]), like the runs' start times.
     clock: Clock,
-    /// Deadlines of running tasks are nanoseconds past this instant.
-    base: Instant,
     /// The earliest running-task deadline known (see the module header).
     planned: AtomicU64,
     /// The tiers whose running tasks the scan looks at.
@@ -174,7 +174,6 @@ impl Watchdog {
                 compact_at: MIN_COMPACT,
             }),
             cv: Condvar::new(),
-            base: clock.now(),
             clock,
             planned: AtomicU64::new(NEVER),
             pools: Mutex::new(Vec::new()),
@@ -199,14 +198,14 @@ impl Watchdog {
         self.shared.pools.lock().push(Arc::downgrade(pool));
     }
 
-    /// Watch a run that started at `start` (warning, then timeout). Hot
-    /// path: two atomic stores and, usually, one atomic load.
+    /// Watch a run that started at `start_n` (nanoseconds on the clock's
+    /// epoch): warning, then timeout. Hot path: two atomic stores and,
+    /// usually, one atomic load.
     #[inline]
-    pub(crate) fn watch_run(&self, core: &TaskCore, start: Instant) {
+    pub(crate) fn watch_run(&self, core: &TaskCore, start_n: u64) {
         let o = &core.opts;
         // Integer nanoseconds from here on: cheaper than `Instant`
         // arithmetic, which is measurable at millions of tasks a second.
-        let start_n = self.shared.nanos(start);
         let after = |d: Option<Duration>| {
             d.map(|d| {
                 start_n
@@ -285,12 +284,12 @@ impl Phase {
 
 impl Shared {
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NEVER - 1)
+        self.clock.nanos(at).min(NEVER - 1)
     }
 
     fn instant(&self, nanos: u64) -> Option<Instant> {
         (nanos != NEVER)
-            .then(|| self.base.checked_add(Duration::from_nanos(nanos)))
+            .then(|| self.clock.instant_at(nanos))
             .flatten()
     }
 

@@ -195,8 +195,8 @@ fn zombie_deadline_counts_from_the_timeout_not_from_when_the_caller_saw_it() {
         m.advance(Duration::from_secs(1));
         assert!(h.join().unwrap_err().is_timeout());
         m.advance(Duration::from_secs(1)); // the grace, and no more
-        // Not `wait_until`: on failure this prints the tier's state (a CI
-        // run once timed out here and the bare message told nothing).
+                                           // Not `wait_until`: on failure this prints the tier's state (a CI
+                                           // run once timed out here and the bare message told nothing).
         let end = std::time::Instant::now() + WAIT;
         while rt.background().stats().zombies != 1 {
             assert!(

@@ -279,7 +279,7 @@ impl PoolShared {
         let typed = Arc::new(TaskCoreOf::new(
             opts,
             self.name(),
-            submitted_at,
+            self.clock.nanos(submitted_at),
             Typed::new(make_body(f)),
             permit,
             self.counters.clone(),
@@ -629,14 +629,15 @@ impl PoolShared {
 // ---- utilisation, saturation ------------------------------------------------
 
 impl PoolShared {
-    /// Nanoseconds since the pool's epoch, plus one (0 means "none").
+    /// Nanoseconds on the clock's epoch, plus one (0 means "none").
     fn stamp(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
-            + 1
+        self.clock.nanos(at).min(u64::MAX - 1) + 1
     }
 
-    pub(crate) fn note_run_start(&self, slot: &WorkerSlot, at: Instant) {
-        slot.run_since.store(self.stamp(at), Ordering::Relaxed);
+    /// A run started at `start_n` (nanoseconds on the clock's epoch).
+    pub(crate) fn note_run_start(&self, slot: &WorkerSlot, start_n: u64) {
+        slot.run_since
+            .store(start_n.min(u64::MAX - 1) + 1, Ordering::Relaxed);
     }
 
     pub(crate) fn note_run_end(&self, slot: &WorkerSlot) {
@@ -703,7 +704,8 @@ impl PoolShared {
         }
     }
 
-    /// Called on every pick: clears the saturation once the limit that was
+    /// Called when a pick takes a queue below half a limit (and when stats
+    /// or health are read): clears the saturation once the limit that was
     /// hit is back at half or less (hysteresis, so a queue hovering at its
     /// capacity stays saturated).
     #[inline]

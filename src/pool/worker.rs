@@ -111,7 +111,6 @@ impl PoolShared {
     }
 
     fn next_work(&self, generation: u64) -> Option<(usize, Work)> {
-        self.check_saturation();
         // A reserved place may not be pushed yet: then the pick comes back
         // empty and the worker looks again before it sleeps.
         let waiting = [0, 1, 2, 3].map(|l| self.reserved[l].load(Ordering::Acquire) > 0);
@@ -130,6 +129,9 @@ impl PoolShared {
         // few hundred thousand tasks/s).
         if self.unreserve(picked.0) {
             self.admission.notify_room();
+            // Where a queue limit can stop being saturated; an in-flight
+            // limit is looked at again when stats or health are read.
+            self.check_saturation();
         }
         Some(picked)
     }
@@ -200,7 +202,7 @@ impl PoolShared {
         job: Job,
         slot: &WorkerSlot,
         level: usize,
-        now: &mut Option<Instant>,
+        now: &mut Option<(Instant, u64)>,
     ) -> After {
         let unreserved = self.config.reserved_slots > 0 && level >= Priority::Normal.index();
         let after = self.run_started(job, slot, now);
@@ -213,21 +215,26 @@ impl PoolShared {
         after
     }
 
-    fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<Instant>) -> After {
+    fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<(Instant, u64)>) -> After {
         let core = job.core.clone();
         // A worker going straight from one task to the next reuses the
         // previous task's end as this one's start: one clock read per task
         // saved on the hot path (the gap is one pick). Read before the task
         // is marked running, so a caller that sees it running and then
-        // moves a manual clock can never push its deadline later.
-        let start = now.take().unwrap_or_else(|| self.clock.now());
+        // moves a manual clock can never push its deadline later. Kept as
+        // nanoseconds on the clock's epoch too: every duration below is an
+        // integer subtraction.
+        let (start, start_n) = now.take().unwrap_or_else(|| {
+            let t = self.clock.now();
+            (t, self.clock.nanos(t))
+        });
         let Some(attempt) = core.start() else {
-            *now = Some(start);
+            *now = Some((start, start_n));
             return After::Continue; // discarded while queued
         };
         // Queue wait is submit → first start; a restart or retry waited
         // for other reasons (preemption, backoff).
-        let waited = (attempt == 1).then(|| start.saturating_duration_since(core.submitted_at));
+        let waited = (attempt == 1).then(|| start_n.saturating_sub(core.submitted));
         self.counters.started(waited);
         tlog!(trace, target: "tierpool::task", "{}: task {} started (attempt {attempt})", self.name(), core.id);
         self.events().emit_with(|| Event::TaskStarted {
@@ -236,7 +243,7 @@ impl PoolShared {
             attempt,
         });
         *slot.current.lock() = Some(core.clone());
-        self.note_run_start(slot, start);
+        self.note_run_start(slot, start_n);
         if self.gate.state() == STOPPING {
             // Taken just as shutdown began: it never really starts.
             core.token().cancel(CancelReason::Shutdown);
@@ -246,7 +253,7 @@ impl PoolShared {
         } else {
             // After `current` is set: the watchdog's scan finds the task
             // there (see watchdog.rs, "Why no deadline is missed").
-            self.watchdog.watch_run(&core, start);
+            self.watchdog.watch_run(&core, start_n);
         }
         let ctx = TaskContext::new(
             core.clone(),
@@ -265,9 +272,10 @@ impl PoolShared {
         }
         drop(ctx);
         let finished = self.clock.now();
-        *now = Some(finished);
+        let finished_n = self.clock.nanos(finished);
+        *now = Some((finished, finished_n));
         self.note_run_end(slot);
-        self.counters.ran(finished.saturating_duration_since(start));
+        self.counters.ran(finished_n.saturating_sub(start_n));
         // No deadline left over for a later attempt to inherit.
         core.set_watch(u64::MAX, 0);
         *slot.current.lock() = None;

@@ -129,11 +129,12 @@ impl TierCounters {
     }
 
     #[inline]
-    pub(crate) fn started(&self, waited: Option<Duration>) {
+    /// `waited`: nanoseconds in the queue (first attempts only).
+    pub(crate) fn started(&self, waited: Option<u64>) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
         self.running.fetch_add(1, Ordering::AcqRel);
         if let Some(w) = waited {
-            self.queue_wait.record(w);
+            self.queue_wait.record_value(w);
         }
     }
 
@@ -165,10 +166,10 @@ impl TierCounters {
     }
 
     #[inline]
-    pub(crate) fn ran(&self, d: Duration) {
-        self.run_time.record(d);
-        self.busy_nanos
-            .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    /// A run took `nanos`.
+    pub(crate) fn ran(&self, nanos: u64) {
+        self.run_time.record_value(nanos);
+        self.busy_nanos.add(nanos);
     }
 
     /// A run allocated `bytes` (see `alloc.rs`).
