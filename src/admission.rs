@@ -75,6 +75,7 @@ impl Admission {
             .then(|| self.in_flight.load(Ordering::Acquire))
     }
 
+    #[inline]
     fn limited(&self) -> bool {
         self.max_in_flight.is_some() || self.per_user_limit.is_some()
     }
@@ -85,6 +86,20 @@ impl Admission {
     }
 
     /// Takes a permit, or says which limit is reached (invariant 1).
+    /// [`try_acquire`](Self::try_acquire) with the no-limit case inlined
+    /// into the submit path.
+    #[inline]
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        user: Option<&Arc<str>>,
+    ) -> Result<Option<Permit>, RejectReason> {
+        if self.limited() {
+            self.try_acquire(user)
+        } else {
+            Ok(None)
+        }
+    }
+
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         user: Option<&Arc<str>>,

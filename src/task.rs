@@ -201,6 +201,16 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
         self.run_start.store(start, Ordering::Release);
     }
 
+    /// Clears the deadline when a run ends. Release is enough: a deadline
+    /// removed late is only a stale one the watchdog ignores (the attempt
+    /// and state checks), never a missed one.
+    #[inline]
+    pub(crate) fn clear_watch(&self) {
+        if self.watch_at.load(Ordering::Relaxed) != u64::MAX {
+            self.watch_at.store(u64::MAX, Ordering::Release);
+        }
+    }
+
     /// `(deadline, phase, run start)` of the running attempt.
     pub(crate) fn watch(&self) -> (u64, u8, u64) {
         (
@@ -546,10 +556,20 @@ impl TaskContext {
             started,
             clock,
             attempt,
-            memory: RunMemory {
-                base: crate::alloc::Sample::now(),
-                thread: crate::alloc::thread_marker(),
-                budget: memory_budget,
+            // Without the counting allocator every count stays 0: two
+            // thread-local reads per run saved.
+            memory: if crate::alloc::CountingAllocator::is_active() {
+                RunMemory {
+                    base: crate::alloc::Sample::now(),
+                    thread: crate::alloc::thread_marker(),
+                    budget: memory_budget,
+                }
+            } else {
+                RunMemory {
+                    base: crate::alloc::Sample::default(),
+                    thread: 0,
+                    budget: memory_budget,
+                }
             },
         }
     }

@@ -262,7 +262,7 @@ impl PoolShared {
             self.mark_saturated(limit);
             return Err(SubmitError::new(reason, f));
         }
-        let permit = match self.admission.try_acquire(opts.user.as_ref()) {
+        let permit = match self.admission.acquire(opts.user.as_ref()) {
             Ok(p) => p,
             Err(reason) => {
                 self.unreserve(level);

@@ -216,7 +216,8 @@ impl PoolShared {
     }
 
     fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<(Instant, u64)>) -> After {
-        let core = job.core.clone();
+        // Borrowed, not cloned: the job holds the core until its arm below.
+        let core = &job.core;
         // A worker going straight from one task to the next reuses the
         // previous task's end as this one's start: one clock read per task
         // saved on the hot path (the gap is one pick). Read before the task
@@ -253,7 +254,7 @@ impl PoolShared {
         } else {
             // After `current` is set: the watchdog's scan finds the task
             // there (see watchdog.rs, "Why no deadline is missed").
-            self.watchdog.watch_run(&core, start_n);
+            self.watchdog.watch_run(core, start_n);
         }
         let ctx = TaskContext::new(
             core.clone(),
@@ -277,12 +278,13 @@ impl PoolShared {
         self.note_run_end(slot);
         self.counters.ran(finished_n.saturating_sub(start_n));
         // No deadline left over for a later attempt to inherit.
-        core.set_watch(u64::MAX, 0);
+        core.clear_watch();
         *slot.current.lock() = None;
         let left = core.finish();
         if left == RUNNING {
             self.counters.stopped_running();
         }
+        let id = core.id;
         match end {
             RunEnd::Settled => {
                 // The body settled the slot (and the slot counted it).
@@ -307,8 +309,8 @@ impl PoolShared {
             let mut t = self.threads.lock();
             t.zombies -= 1;
             self.forget_thread(&mut t, slot.index);
-            tlog!(warn, target: "tierpool::watchdog", "{}: zombie task {} finally returned; its thread retires",
-                self.name(), core.id);
+            tlog!(warn, target: "tierpool::watchdog", "{}: zombie task {id} finally returned; its thread retires",
+                self.name());
             return After::Retire;
         }
         After::Continue
