@@ -37,7 +37,7 @@ use crate::error::TaskError;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
 use crate::slot::{Settle, Slot, TaskResult};
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering};
 use crate::telemetry::TierCounters;
 
 /// A task's id, unique within the process.
@@ -132,8 +132,8 @@ pub(crate) struct TaskCoreOf<S: ?Sized> {
     /// back): `held` says so without taking the lock.
     permit: Mutex<Option<Permit>>,
     held: bool,
+    /// The tier's counters, and through them its pool.
     pub(crate) counters: Arc<TierCounters>,
-    pub(crate) pool: Weak<PoolShared>,
     /// The typed part: outcome slot and closure (see `Typed`).
     pub(crate) slot: S,
 }
@@ -149,7 +149,6 @@ impl<S> TaskCoreOf<S> {
         slot: S,
         permit: Option<Permit>,
         counters: Arc<TierCounters>,
-        pool: Weak<PoolShared>,
     ) -> Self {
         TaskCoreOf {
             id: TaskId::next(),
@@ -165,13 +164,17 @@ impl<S> TaskCoreOf<S> {
             held: permit.is_some(),
             permit: Mutex::new(permit),
             counters,
-            pool,
             slot,
         }
     }
 }
 
 impl<S: ?Sized + Settle> TaskCoreOf<S> {
+    /// The pool the task was submitted to, while it exists.
+    pub(crate) fn pool(&self) -> Option<Arc<PoolShared>> {
+        self.counters.pool.upgrade()
+    }
+
     pub(crate) fn state(&self) -> u8 {
         self.state.load(Ordering::Acquire)
     }
@@ -309,7 +312,7 @@ impl TaskCore {
     /// running one has its token cancelled and its slot settled, unless it
     /// is a restartable task being preempted (it will run again).
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) -> bool {
-        let pool = self.pool.upgrade();
+        let pool = self.pool();
         if self.discard(reason) {
             if let Some(pool) = &pool {
                 pool.admission.notify_room();
@@ -708,10 +711,7 @@ impl TaskContext {
 
     /// Whether a retry could still be queued (the runtime is not stopping).
     pub(crate) fn can_retry(&self) -> bool {
-        self.core
-            .pool
-            .upgrade()
-            .is_some_and(|p| p.accepts_retries())
+        self.core.pool().is_some_and(|p| p.accepts_retries())
     }
 
     /// The runtime's clock.

@@ -463,7 +463,7 @@ impl Shared {
                 if core.discard(CancelReason::QueueExpired) {
                     tlog!(info, target: "tierpool::watchdog",
                         "task {} on {} expired in the queue (budget {:?})", core.id, core.tier, core.opts.queue_budget.unwrap_or_default());
-                    if let Some(pool) = core.pool.upgrade() {
+                    if let Some(pool) = core.pool() {
                         pool.admission.notify_room();
                     }
                 }
@@ -494,8 +494,7 @@ impl Shared {
                     return;
                 }
                 let grace = core
-                    .pool
-                    .upgrade()
+                    .pool()
                     .map_or(Duration::from_secs(1), |p| p.config.cancel_grace);
                 // Taken before settling: a caller that sees the timeout
                 // (its join returns) and then moves a manual clock must not
@@ -529,7 +528,7 @@ impl Shared {
                 if scanned {
                     core.set_watch(NEVER, 0);
                 }
-                if let Some(pool) = core.pool.upgrade() {
+                if let Some(pool) = core.pool() {
                     pool.declare_zombie(core, e.attempt);
                 }
             }

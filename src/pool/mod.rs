@@ -166,7 +166,7 @@ impl PoolShared {
         Arc::new_cyclic(|weak| PoolShared {
             queue: PriorityQueue::new(config.queue_capacity, config.starvation_limit),
             admission: Arc::new(Admission::new(config.max_in_flight, config.per_user_limit)),
-            counters: Arc::new(TierCounters::with_events(events)),
+            counters: Arc::new(TierCounters::for_pool(events, weak.clone())),
             memory: MemoryGate::new(config.watermark, probe, config.memory_sample_interval),
             threads: Mutex::new(Threads {
                 live: 0,
@@ -283,7 +283,6 @@ impl PoolShared {
             Typed::new(make_body(f)),
             permit,
             self.counters.clone(),
-            self.self_weak.clone(),
         ));
         // Two references to the one allocation: the handle's and the
         // queued job's (refcount traffic on the core's line is per-task

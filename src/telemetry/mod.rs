@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use crate::cancel::CancelReason;
 use crate::error::RejectReason;
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, Padded};
+use crate::pool::PoolShared;
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, Padded, Weak};
 use crate::task::TaskStatus;
 
 /// Log calls that panicked in the application's logger (see `tlog!`).
@@ -78,16 +79,21 @@ pub(crate) struct TierCounters {
     /// The runtime's event bus (an inert one for counters outside a
     /// runtime).
     pub(crate) events: Arc<EventBus>,
+    /// The pool these count for (none outside a pool). Tasks reach their
+    /// pool through here: one reference per task (to the counters) instead
+    /// of two, so a task's birth and death touch one shared count.
+    pub(crate) pool: Weak<PoolShared>,
 }
 
 impl TierCounters {
     pub(crate) fn new() -> Self {
-        Self::with_events(Arc::new(EventBus::new(1)))
+        Self::for_pool(Arc::new(EventBus::new(1)), Weak::new())
     }
 
-    pub(crate) fn with_events(events: Arc<EventBus>) -> Self {
+    pub(crate) fn for_pool(events: Arc<EventBus>, pool: Weak<PoolShared>) -> Self {
         TierCounters {
             events,
+            pool,
             submitted: Padded(Counter::default()),
             rejected: Default::default(),
             completed: Counter::default(),
