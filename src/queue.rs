@@ -15,11 +15,18 @@
 //! Picks happen under one small lock, so the rule sees a consistent view:
 //! only pickers receive from the channels, and a level seen non-empty
 //! under the lock stays non-empty until the pick.
+//!
+//! One exception, the common case of a busy tier: when only one level is
+//! waiting, no level carries a pass-over count, and no admission rule
+//! depends on what is running (no reserved slots), the rule's answer is
+//! that level and its state does not change — so the pick takes it without
+//! the lock. What the rule would have done is exactly what happens; the
+//! starvation bounds are untouched.
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::priority::Priority;
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool, Mutex, Ordering};
 use crate::task::Work;
 
 /// The pure pick rule, kept apart so it can be property-tested and
@@ -62,11 +69,18 @@ pub(crate) struct PriorityQueue {
     tx: [Sender<Work>; 4],
     rx: [Receiver<Work>; 4],
     picker: Mutex<Picker>,
+    /// Some level has a non-zero pass-over count (written under the pick
+    /// lock): the lock-free pick is off while it is set.
+    passed_over: AtomicBool,
+    /// Picks must run `allowed` and `on_pick` under the lock (a tier with
+    /// reserved slots): no lock-free pick.
+    exclusive: bool,
     capacity: usize,
 }
 
 impl PriorityQueue {
-    pub(crate) fn new(capacity: usize, starvation_limit: u32) -> Self {
+    /// `exclusive`: every pick under the lock (see the field).
+    pub(crate) fn new(capacity: usize, starvation_limit: u32, exclusive: bool) -> Self {
         let (t0, r0) = bounded(capacity);
         let (t1, r1) = bounded(capacity);
         let (t2, r2) = bounded(capacity);
@@ -75,6 +89,8 @@ impl PriorityQueue {
             tx: [t0, t1, t2, t3],
             rx: [r0, r1, r2, r3],
             picker: Mutex::new(Picker::new(starvation_limit)),
+            passed_over: AtomicBool::new(false),
+            exclusive,
             capacity,
         }
     }
@@ -102,12 +118,37 @@ impl PriorityQueue {
         allowed: impl FnOnce() -> [bool; 4],
         on_pick: impl FnOnce(usize),
     ) -> Option<(usize, Work)> {
-        if !waiting.contains(&true) {
-            return None;
+        let mut levels = (0..4).filter(|&l| waiting[l]);
+        let only = match (levels.next(), levels.next()) {
+            (None, _) => return None,
+            (Some(l), None) => Some(l),
+            _ => None,
+        };
+        if let Some(level) = only {
+            if !self.exclusive && !self.passed_over.load(Ordering::Acquire) {
+                // The rule's answer with one level waiting and no counts,
+                // and a choice that leaves its state as it is: no lock.
+                if !allowed()[level] {
+                    return None;
+                }
+                let w = self.rx[level].try_recv().ok()?;
+                on_pick(level);
+                return Some((level, w));
+            }
         }
         let mut picker = self.picker.lock();
-        let level = picker.choose(waiting, allowed())?;
-        let w = self.rx[level].try_recv().ok()?;
+        let before = picker.skipped;
+        let picked = picker.choose(waiting, allowed()).and_then(|level| {
+            // A lock-free pick may have emptied the level since `waiting`
+            // was read: then nothing was picked and nothing is counted.
+            self.rx[level].try_recv().ok().map(|w| (level, w))
+        });
+        if picked.is_none() {
+            picker.skipped = before;
+        }
+        self.passed_over
+            .store(picker.skipped.iter().any(|&n| n > 0), Ordering::Release);
+        let (level, w) = picked?;
         on_pick(level);
         Some((level, w))
     }

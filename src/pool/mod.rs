@@ -164,7 +164,11 @@ impl PoolShared {
         let bell_cap = (config.max_workers + replacements) * 4 + 64;
         let (bell_tx, bell_rx) = bounded(bell_cap);
         Arc::new_cyclic(|weak| PoolShared {
-            queue: PriorityQueue::new(config.queue_capacity, config.starvation_limit),
+            queue: PriorityQueue::new(
+                config.queue_capacity,
+                config.starvation_limit,
+                config.reserved_slots > 0,
+            ),
             admission: Arc::new(Admission::new(config.max_in_flight, config.per_user_limit)),
             counters: Arc::new(TierCounters::for_pool(events, weak.clone())),
             memory: MemoryGate::new(config.watermark, probe, config.memory_sample_interval),
