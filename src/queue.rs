@@ -190,6 +190,57 @@ mod tests {
         assert_eq!(picks, vec![0, 0, 0, 3, 0, 0, 0, 3]);
     }
 
+    /// The lock-free pick (one level waiting, no pass-over counts) and
+    /// the locked one agree, and a level found empty counts nothing.
+    #[test]
+    fn lock_free_pick_only_when_the_rule_has_nothing_to_remember() {
+        let q = PriorityQueue::new(4, 2, false);
+        let pick = |waiting: [bool; 4]| q.pick(waiting, || ALL, |_| {}).map(|(l, _)| l);
+        assert!(q.push(Priority::Normal, Work::Poison).is_ok());
+        assert_eq!(pick([false, false, true, false]), Some(2));
+        assert!(!q.passed_over.load(Ordering::Acquire));
+        // Two levels: the locked rule runs and remembers the pass-over.
+        assert!(q.push(Priority::Critical, Work::Poison).is_ok());
+        assert!(q.push(Priority::Low, Work::Poison).is_ok());
+        assert_eq!(pick([true, false, false, true]), Some(0));
+        assert!(q.passed_over.load(Ordering::Acquire));
+        assert_eq!(q.picker.lock().skipped, [0, 0, 0, 1]);
+        // A level said to wait but empty: no pick, and no count.
+        assert_eq!(pick([true, false, false, true]), None);
+        assert_eq!(q.picker.lock().skipped, [0, 0, 0, 1]);
+        // One level waiting but a count to clear: the locked path clears it.
+        assert_eq!(pick([false, false, false, true]), Some(3));
+        assert_eq!(q.picker.lock().skipped, [0; 4]);
+        assert!(!q.passed_over.load(Ordering::Acquire));
+        // An exclusive queue never takes the lock-free path.
+        let ex = PriorityQueue::new(4, 2, true);
+        assert!(ex.push(Priority::High, Work::Poison).is_ok());
+        let mut under_lock = None;
+        let got = ex.pick(
+            [false, true, false, false],
+            || {
+                under_lock = Some(ex.picker.is_locked());
+                ALL
+            },
+            |_| {},
+        );
+        assert_eq!(got.map(|(l, _)| l), Some(1));
+        assert_eq!(under_lock, Some(true), "allowed runs under the pick lock");
+        // ... and a plain one takes it without the lock.
+        assert!(q.push(Priority::High, Work::Poison).is_ok());
+        let mut under_lock = None;
+        let got = q.pick(
+            [false, true, false, false],
+            || {
+                under_lock = Some(q.picker.is_locked());
+                ALL
+            },
+            |_| {},
+        );
+        assert_eq!(got.map(|(l, _)| l), Some(1));
+        assert_eq!(under_lock, Some(false));
+    }
+
     #[test]
     fn disallowed_levels_are_not_picked_but_still_counted_as_waiting() {
         let mut p = Picker::new(2);

@@ -73,6 +73,12 @@ impl<T> Mutex<T> {
         Mutex(imp::const_mutex(value))
     }
 
+    /// Whether some thread holds it (unit tests of what runs under a lock).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.0.is_locked()
+    }
+
     /// loom's mutex has no `const` constructor; nothing in the crate needs
     /// one in a `static`.
     #[cfg(loom)]
