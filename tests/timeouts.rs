@@ -29,9 +29,11 @@ fn a_timeout_cancels_a_cooperative_task() {
     let rt = manual_rt(&m);
     let far = m.now() + Duration::from_secs(3600);
     let (tx, rx) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
     let h = rt
         .background()
         .task(move |ctx| {
+            entered_tx.send(()).unwrap();
             let r = ctx.sleep_until(far);
             tx.send((ctx.cancel_reason(), ctx.remaining())).unwrap();
             r.map(|_| "slept")
@@ -39,7 +41,8 @@ fn a_timeout_cancels_a_cooperative_task() {
         .timeout(Duration::from_secs(5))
         .submit()
         .unwrap();
-    wait_running(&h);
+    // Not `wait_running`: the body must be running, not just the task.
+    entered.recv_timeout(WAIT).unwrap();
     m.advance(Duration::from_secs(4));
     assert_eq!(h.status(), TaskStatus::Running, "not yet at the deadline");
     m.advance(Duration::from_secs(1));
@@ -138,7 +141,9 @@ fn zombie_is_declared_replaced_and_retires_when_it_returns() {
         .timeout(Duration::from_secs(2))
         .submit()
         .unwrap();
-    wait_running(&h);
+    // Not `wait_running`: a body skipped (timed out before it ran) can
+    // never become a zombie.
+    gate.wait_entered(1);
     m.advance(Duration::from_secs(2));
     assert!(h.join().unwrap_err().is_timeout());
     // Exactly one grace later (measured from the timeout) it is a zombie.
@@ -191,12 +196,15 @@ fn zombie_deadline_counts_from_the_timeout_not_from_when_the_caller_saw_it() {
             .timeout(Duration::from_secs(1))
             .submit()
             .unwrap();
-        wait_running(&h);
+        // Not `wait_running`: a body skipped (timed out before it ran) can
+        // never become a zombie. This was the CI failure: under load the
+        // timeout landed between "running" and the body's start.
+        gate.wait_entered(1);
         m.advance(Duration::from_secs(1));
         assert!(h.join().unwrap_err().is_timeout());
-        m.advance(Duration::from_secs(1)); // the grace, and no more
-                                           // Not `wait_until`: on failure this prints the tier's state (a CI
-                                           // run once timed out here and the bare message told nothing).
+        // The grace, and no more. Not `wait_until` below: on failure this
+        // prints the tier's state.
+        m.advance(Duration::from_secs(1));
         let end = std::time::Instant::now() + WAIT;
         while rt.background().stats().zombies != 1 {
             assert!(
@@ -240,7 +248,7 @@ fn zombie_replacements_are_bounded() {
                 .unwrap()
         })
         .collect();
-    hs.iter().for_each(wait_running);
+    gate.wait_entered(2);
     m.advance(Duration::from_secs(1));
     for h in hs {
         assert!(h.join().unwrap_err().is_timeout());
@@ -359,16 +367,19 @@ fn caller_cancel_of_a_running_task_resolves_at_once_and_the_task_sees_it() {
     let rt = manual_rt(&m);
     let far = m.now() + Duration::from_secs(3600);
     let (tx, rx) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
     let h = rt
         .background()
         .task(move |ctx| {
+            entered_tx.send(()).unwrap();
             let r = ctx.sleep_until(far);
             tx.send(ctx.checkpoint()).unwrap();
             r
         })
         .submit()
         .unwrap();
-    wait_running(&h);
+    // Not `wait_running`: the body must be running to see the cancel.
+    entered.recv_timeout(WAIT).unwrap();
     assert!(h.cancel());
     assert_eq!(h.status(), TaskStatus::Cancelled(CancelReason::Caller));
     assert_eq!(

@@ -182,9 +182,12 @@ impl XorShift {
 }
 
 /// A latch tasks block on while ignoring cancellation; `open` releases
-/// every waiter (and later ones pass at once).
+/// every waiter (and later ones pass at once). It counts the tasks that
+/// reached it: `wait_entered` is the way to know a body really runs
+/// (`TaskStatus::Running` is reported before the worker calls the body,
+/// and a body whose task is cancelled or timed out in between is skipped).
 #[derive(Clone, Default)]
-pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar, AtomicUsize)>);
 
 impl Gate {
     pub fn new() -> Self {
@@ -198,12 +201,21 @@ impl Gate {
 
     /// Blocks until opened (bounded, so a failing test cannot hang on it).
     pub fn wait(&self) {
-        let (m, cv) = &*self.0;
+        let (m, cv, entered) = &*self.0;
+        entered.fetch_add(1, Ordering::SeqCst);
         let mut open = m.lock().unwrap();
         let end = Instant::now() + Duration::from_secs(60);
         while !*open && Instant::now() < end {
             open = cv.wait_timeout(open, Duration::from_millis(50)).unwrap().0;
         }
+    }
+
+    /// Waits until `n` tasks have reached `wait` (their bodies are running).
+    #[track_caller]
+    pub fn wait_entered(&self, n: usize) {
+        wait_until(&format!("{n} tasks at the gate"), WAIT, || {
+            self.0 .2.load(Ordering::SeqCst) >= n
+        });
     }
 }
 
