@@ -153,10 +153,22 @@ pub fn tierpool_ui(workers: usize, queue_capacity: usize, features: Features) ->
 /// The isolation setup: heavy work on `background` (`heavy` workers, at OS
 /// nice 10 — `TierConfig::os_nice`, opt-in), light work on `realtime`
 /// (`light` workers), the ui tier shrunk.
-pub fn tierpool_isolated(heavy: usize, light: usize, queue_capacity: usize) -> Runtime {
+/// `nice`: the background tier's `os_nice` (`None`: the OS default).
+pub fn tierpool_isolated(
+    heavy: usize,
+    light: usize,
+    queue_capacity: usize,
+    nice: Option<i32>,
+) -> Runtime {
     Runtime::builder()
         .ui(|t| t.workers(1))
-        .background(|t| t.workers(heavy).queue_capacity(queue_capacity).os_nice(10))
+        .background(|t| {
+            let t = t.workers(heavy).queue_capacity(queue_capacity);
+            match nice {
+                Some(n) => t.os_nice(n),
+                None => t,
+            }
+        })
         .realtime(|t| {
             t.workers(light)
                 .reserved_slots(0)

@@ -342,8 +342,13 @@ fn isolation_report(s: &Settings) -> (String, Vec<String>, Vec<(&'static str, Ho
             head_of_line(&light, &heavy, cfg, spinner),
         ));
     }
-    {
-        let rt = tierpool_isolated(HEAVY_WORKERS, LIGHT_WORKERS, QUEUE_CAPACITY);
+    // The documented setup (background at nice 10) is the one the targets
+    // are judged on; the same without nice shows what the OS priority adds.
+    for (name, nice) in [
+        ("tierpool realtime/background", Some(10)),
+        ("tierpool, background not niced", None),
+    ] {
+        let rt = tierpool_isolated(HEAVY_WORKERS, LIGHT_WORKERS, QUEUE_CAPACITY, nice);
         let heavy = TierExec {
             tier: rt.background().clone(),
             priority: Priority::Normal,
@@ -352,10 +357,7 @@ fn isolation_report(s: &Settings) -> (String, Vec<String>, Vec<(&'static str, Ho
             tier: rt.realtime().clone(),
             priority: Priority::High,
         };
-        runs.push((
-            "tierpool realtime/background",
-            head_of_line(&light, &heavy, cfg, spinner),
-        ));
+        runs.push((name, head_of_line(&light, &heavy, cfg, spinner)));
         rt.shutdown(Duration::from_secs(5));
     }
     let summaries: Vec<Summary> = runs.iter().map(|(_, r)| Summary::of(&r.light)).collect();
