@@ -357,6 +357,26 @@ impl fmt::Display for Stats {
                 fmt_duration(t.run_time.p99),
             )?;
         }
+        // Bytes per run exist only with the counting allocator installed.
+        if self.tiers.iter().any(|t| t.task_bytes.count > 0) {
+            writeln!(
+                f,
+                "\n{:<11} {:>9} {:>11} {:>10} {:>10} {:>10}",
+                "allocated", "runs", "total", "run p50", "run p99", "run max"
+            )?;
+            for t in self.tiers.iter().filter(|t| t.task_bytes.count > 0) {
+                writeln!(
+                    f,
+                    "{:<11} {:>9} {:>11} {:>10} {:>10} {:>10}",
+                    t.name,
+                    t.task_bytes.count,
+                    fmt_bytes(t.bytes_allocated),
+                    fmt_bytes(t.task_bytes.p50),
+                    fmt_bytes(t.task_bytes.p99),
+                    fmt_bytes(t.task_bytes.max),
+                )?;
+            }
+        }
         if self.tiers.iter().any(|t| t.paused) {
             writeln!(f, "* paused")?;
         }
@@ -364,5 +384,35 @@ impl fmt::Display for Stats {
             writeln!(f, "! paused by the memory watermark")?;
         }
         Ok(())
+    }
+}
+
+/// Bytes in the binary unit that keeps three significant digits.
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_bytes;
+
+    #[test]
+    fn bytes_keep_three_digits_in_binary_units() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(10 * 1024 * 1024), "10.0 MiB");
+        assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

@@ -78,6 +78,21 @@ fn bytes_are_attributed_to_the_task_that_allocated_them() {
     );
     // Other tiers ran nothing: nothing attributed to them.
     assert_eq!(rt.ui().stats().bytes_allocated, 0);
+    // The human table shows the bytes, for the tier that allocated only.
+    let table = rt.stats().to_string();
+    let row = table
+        .lines()
+        .skip_while(|l| !l.starts_with("allocated"))
+        .find(|l| l.starts_with("background"))
+        .unwrap_or_else(|| panic!("no bytes row for background in:\n{table}"));
+    assert!(row.contains("MiB"), "{row}");
+    assert!(
+        !table
+            .lines()
+            .skip_while(|l| !l.starts_with("allocated"))
+            .any(|l| l.starts_with("ui ")),
+        "{table}"
+    );
     assert!(CountingAllocator::is_active());
     assert!(CountingAllocator::total_allocated() >= 11 * MIB);
     rt.shutdown(Duration::from_secs(5));
