@@ -89,8 +89,14 @@ enum LoadAction {
 }
 
 /// A load-aware rule: when the job's tier is more utilised than
-/// `threshold` (`running / max_workers`, from 0 to 1), skip the run, or run
-/// it with a smaller [`JobContext::scale`].
+/// `threshold`, skip the run, or run it with a smaller
+/// [`JobContext::scale`]. Utilisation is
+/// [`TierStats::utilisation`](crate::TierStats::utilisation): busy time over
+/// capacity across the tier's
+/// [`utilisation_window`](crate::TierConfig::utilisation_window), runs in
+/// progress included, from 0 to 1 — so a momentary burst does not skip a
+/// run, sustained load does (before the tier has a window of samples it is
+/// `running / max_workers`).
 ///
 /// ```
 /// use tierpool::LoadRule;
@@ -1233,8 +1239,7 @@ impl JobBuilder<'_> {
 }
 
 fn utilisation_of(tier: &Tier) -> f64 {
-    let max = tier.pool.config.max_workers.max(1);
-    tier.stats().running as f64 / max as f64
+    tier.stats().utilisation
 }
 
 // The timer thread: decide under the lock, submit outside it, park until

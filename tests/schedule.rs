@@ -324,6 +324,46 @@ fn load_aware_jobs_skip_with_the_reason_or_shrink() {
     });
 }
 
+/// The load rule reads utilisation over the tier's window, not the
+/// workers busy at the instant: a burst in the last second of a quiet
+/// window does not skip the run.
+#[test]
+fn load_rule_judges_the_window_not_the_instant() {
+    let (m, rt) = runtime(2);
+    let s = Scheduler::builder(rt.background()).build().unwrap();
+    // A first utilisation sample: the window starts now.
+    assert_eq!(rt.background().stats().utilisation, 0.0);
+    let id = s
+        .every(10 * SEC)
+        .load_aware(LoadRule::skip_above(0.5))
+        .start(|_| Ok::<_, String>(()))
+        .unwrap();
+    m.advance(9 * SEC);
+    // Both workers busy for the window's last second: 1.0 right now, but
+    // 2 s of busy time over 2 workers × 10 s = 0.1 over the window.
+    let gate = CountingGate::default();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let g = gate.clone();
+            rt.background()
+                .submit(Priority::Normal, move |_| {
+                    g.pass();
+                    Ok::<_, String>(())
+                })
+                .unwrap()
+        })
+        .collect();
+    wait("background busy", || gate.entered() == 2);
+    m.advance(SEC);
+    wait("run dispatched", || s.job_stats(id).unwrap().runs == 1);
+    assert_eq!(s.job_stats(id).unwrap().skipped_load, 0);
+    gate.open();
+    for h in handles {
+        h.join().unwrap();
+    }
+    wait("run done", || s.job_stats(id).unwrap().succeeded == 1);
+}
+
 #[test]
 fn shrink_passes_the_scale_to_the_job() {
     let (m, rt) = runtime(2);
