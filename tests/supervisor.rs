@@ -210,7 +210,7 @@ fn registered_workers_stop_with_the_runtime_and_report_what_they_left() {
 
     let warmed = Arc::new(Mutex::new(Vec::new()));
     let sink = warmed.clone();
-    let warmer = CacheWarmer::builder(rt.background(), move |k: &u32| {
+    let warmer = CacheWarmer::builder(rt.background(), move |k: &u32, _| {
         sink.lock().unwrap().push(*k);
         Ok::<_, String>(())
     })
@@ -248,7 +248,7 @@ fn registered_workers_stop_with_the_runtime_and_report_what_they_left() {
 fn a_dropped_worker_unregisters_itself_and_a_shared_warmer_leaves_the_scheduler() {
     let (_m, rt) = runtime_with(1, 5);
     {
-        let warmer = CacheWarmer::builder(rt.background(), |_: &u32| Ok::<_, String>(()))
+        let warmer = CacheWarmer::builder(rt.background(), |_: &u32, _| Ok::<_, String>(()))
             .critical_keys(|| vec![1])
             .scheduler(rt.scheduler())
             .build()

@@ -16,7 +16,7 @@ fn cache_warmer_skips_under_load_and_records_why() {
     let (m, rt) = runtime(2);
     let warmed = Arc::new(AtomicU32::new(0));
     let w = warmed.clone();
-    let warmer = CacheWarmer::builder(rt.background(), move |_: &u32| {
+    let warmer = CacheWarmer::builder(rt.background(), move |_: &u32, _| {
         w.fetch_add(1, Ordering::SeqCst);
         Ok::<_, String>(())
     })
@@ -87,7 +87,7 @@ fn cache_warmer_warms_now_in_batches_of_fifty() {
     let (_m, rt) = runtime(3);
     let warmed = Arc::new(AtomicU32::new(0));
     let w = warmed.clone();
-    let warmer = CacheWarmer::builder(rt.background(), move |_: &u32| {
+    let warmer = CacheWarmer::builder(rt.background(), move |_: &u32, _| {
         w.fetch_add(1, Ordering::SeqCst);
         Ok::<_, String>(())
     })

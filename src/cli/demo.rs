@@ -471,19 +471,18 @@ impl Workers {
 
         let warmer = {
             let (api, breaker, limiter) = (api.clone(), breaker.clone(), limiter.clone());
-            CacheWarmer::builder(rt.background(), move |character: &u64| {
-                // The warm function has no task context: its waits are
-                // short plain sleeps (a rate-limit token within 250 ms).
+            CacheWarmer::builder(rt.background(), move |character: &u64, ctx| {
+                // A rate-limit token within 250 ms, and the simulated
+                // latency slept on the task's context: both end early if
+                // the run is cancelled (a timeout, shutdown).
+                let task = ctx.task();
                 limiter
-                    .acquire(Some(Instant::now() + Duration::from_millis(250)), &|| false)
+                    .acquire(Some(Instant::now() + Duration::from_millis(250)), &|| {
+                        task.is_cancelled()
+                    })
                     .map_err(|_| ApiError::RateLimited)?;
                 breaker
-                    .call(|| {
-                        api.call(*character, true, &|d| {
-                            thread::sleep(d);
-                            Ok(())
-                        })
-                    })
+                    .call(|| api.call(*character, true, &|d| task.sleep(d)))
                     .map_err(|e| match e {
                         BreakerError::Open(_) => ApiError::BreakerOpen,
                         BreakerError::Failed(e) => e,

@@ -37,8 +37,9 @@ type KeySource<K> = Arc<dyn Fn() -> Vec<K> + Send + Sync>;
 /// use tierpool::{CacheWarmer, Runtime};
 ///
 /// let rt = Runtime::builder().build()?;
-/// let warmer = CacheWarmer::builder(rt.background(), |key: &String| {
-///     // fetch and store `key` …
+/// let warmer = CacheWarmer::builder(rt.background(), |key: &String, ctx| {
+///     // fetch and store `key` …, giving up if the run is cancelled
+///     ctx.checkpoint().map_err(|c| c.to_string())?;
 ///     Ok::<_, String>(())
 /// })
 /// .regular_keys(|| vec!["top-killers".to_string(), "recent-fights".to_string()])
@@ -137,7 +138,7 @@ pub struct CacheWarmerStats {
 /// ```
 /// use tierpool::{CacheWarmer, Runtime};
 /// let rt = Runtime::builder().build()?;
-/// let err = CacheWarmer::builder(rt.background(), |_: &u32| Ok::<_, String>(()))
+/// let err = CacheWarmer::builder(rt.background(), |_: &u32, _| Ok::<_, String>(()))
 ///     .build()
 ///     .unwrap_err();
 /// assert_eq!(err.as_config().unwrap().field(), "keys");
@@ -158,13 +159,15 @@ pub struct CacheWarmerBuilder<K: Send + 'static> {
 
 impl<K: Send + 'static> CacheWarmer<K> {
     /// A builder whose cycles and batches run on `tier`, warming each key
-    /// with `warm`.
+    /// with `warm`. Like a [`ReEnricher`](crate::ReEnricher)'s function it
+    /// gets the item's context: the attempt, and the running task's context
+    /// (`ctx.task()`) for cancellation checks and cancellable sleeps.
     pub fn builder<E, F>(tier: &Tier, warm: F) -> CacheWarmerBuilder<K>
     where
-        F: Fn(&K) -> Result<(), E> + Send + Sync + 'static,
+        F: Fn(&K, &ItemContext<'_>) -> Result<(), E> + Send + Sync + 'static,
         E: fmt::Display + 'static,
     {
-        let batches = BatchProcessor::builder(tier, move |k: &K, _: &ItemContext<'_>| warm(k))
+        let batches = BatchProcessor::builder(tier, warm)
             .batch_size(50)
             .max_concurrent_batches(3);
         CacheWarmerBuilder {
@@ -305,7 +308,7 @@ impl<K: Send + 'static> CacheWarmerBuilder<K> {
     /// ```
     /// use tierpool::{CacheWarmer, Runtime};
     /// let rt = Runtime::builder().build()?;
-    /// let warmer = CacheWarmer::builder(rt.background(), |_: &u32| Ok::<_, String>(()))
+    /// let warmer = CacheWarmer::builder(rt.background(), |_: &u32, _| Ok::<_, String>(()))
     ///     .regular_keys(|| vec![1, 2, 3])
     ///     .scheduler(rt.scheduler())
     ///     .build()?;
