@@ -5,10 +5,10 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{advance_until, wait, CountingGate};
+use common::{advance_until, wait, CountingGate, WAIT};
 use tierpool::{
     BreakerState, CancelReason, CircuitBreaker, Event, ManualClock, Priority, RestartCause,
     Runtime, ScaleReason, TaskStatus,
@@ -97,9 +97,11 @@ fn warnings_timeouts_zombies_scaling_and_restarts_are_events() {
     let seen = recorder(&rt);
     let release = Arc::new(AtomicBool::new(false));
     let r = release.clone();
+    let (entered_tx, entered) = mpsc::channel();
     let stuck = rt
         .ui()
         .task(move |_| {
+            let _ = entered_tx.send(());
             while !r.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -110,7 +112,9 @@ fn warnings_timeouts_zombies_scaling_and_restarts_are_events() {
         .submit()
         .unwrap();
     let id = stuck.id();
-    wait("running", || stuck.status() == TaskStatus::Running);
+    // Not "status is running": a body skipped (timed out before it ran)
+    // can never become a zombie.
+    entered.recv_timeout(WAIT).expect("stuck body running");
     advance_until(&m, SEC, "zombie", || rt.ui().stats().zombie_threads == 1);
     // Two more blocked tasks make the ui tier grow.
     let gate = CountingGate::default();

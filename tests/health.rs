@@ -5,10 +5,10 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{advance_until, wait, CountingGate};
+use common::{advance_until, wait, CountingGate, WAIT};
 use tierpool::{
     BatchProcessor, CircuitBreaker, HealthReason, HealthStatus, ManualClock, Priority,
     RejectReason, Runtime, TaskStatus,
@@ -28,9 +28,11 @@ fn a_zombie_degrades_its_tier_until_the_task_returns() {
     assert!(rt.health().is_healthy());
     let release = Arc::new(AtomicBool::new(false));
     let r = release.clone();
+    let (entered_tx, entered) = mpsc::channel();
     let h = rt
         .ui()
         .task(move |_| {
+            let _ = entered_tx.send(());
             // Ignores cancellation on purpose.
             while !r.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
@@ -40,8 +42,10 @@ fn a_zombie_degrades_its_tier_until_the_task_returns() {
         .timeout(SEC)
         .submit()
         .unwrap();
-    // The deadline is computed at start: advance only once it runs.
-    wait("running", || h.status() == TaskStatus::Running);
+    // The deadline is computed at start: advance only once it runs. And
+    // not just "status is running": a body skipped (timed out before it
+    // ran) can never become a zombie.
+    entered.recv_timeout(WAIT).expect("body running");
     m.advance(SEC);
     wait("timed out", || rt.ui().stats().cancelled.timeout == 1);
     advance_until(&m, SEC, "zombie", || rt.ui().stats().zombie_threads == 1);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,13 +30,19 @@ fn blocker(
     p: Priority,
     preemptible: bool,
 ) -> TaskHandle<u32, Cancelled> {
+    let (entered_tx, entered) = mpsc::channel();
     let h = tier
-        .task(move |ctx| ctx.sleep_until(far).map(|_| 0))
+        .task(move |ctx| {
+            let _ = entered_tx.send(());
+            ctx.sleep_until(far).map(|_| 0)
+        })
         .priority(p)
         .preemptible(preemptible)
         .submit()
         .unwrap();
-    wait_running(&h);
+    // Not `wait_running`: a critical task picks its victim among the
+    // workers' current tasks, set only just before the body runs.
+    entered.recv_timeout(WAIT).expect("blocker body running");
     h
 }
 
@@ -77,10 +83,12 @@ fn a_restartable_task_runs_again_after_preemption() {
     let tier = rt.realtime();
     let runs = Arc::new(AtomicU32::new(0));
     let r2 = runs.clone();
+    let (entered_tx, entered) = mpsc::channel();
     // Bound first: a closure literal passed straight to `task` (whose bound
     // is `FnOnce`) is inferred `FnOnce` and `restartable()` refuses it.
     let body = move |ctx: &TaskContext| {
         r2.fetch_add(1, Ordering::SeqCst);
+        let _ = entered_tx.send(ctx.attempt());
         if ctx.attempt() == 1 {
             ctx.sleep_until(far)?; // preempted here
         }
@@ -92,7 +100,9 @@ fn a_restartable_task_runs_again_after_preemption() {
         .restartable()
         .submit()
         .unwrap();
-    wait_running(&restartable);
+    // Not `wait_running`: the first attempt's body must be running (and the
+    // task on its worker's `current`) to be preempted and run again.
+    assert_eq!(entered.recv_timeout(WAIT), Ok(1), "first attempt running");
     let normal = blocker(tier, far, Priority::Normal, false);
     let high = blocker(tier, far, Priority::High, false);
     let critical = tier

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -29,17 +29,22 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 type H = TaskHandle<&'static str, Cancelled>;
 
-/// A running task that stops only when cancelled.
+/// A running task that stops only when cancelled. Returns once its body
+/// runs: not `wait_running`, which reports the task taken before the body
+/// (and `current`) are reached; a shutdown in that gap would cancel it "at
+/// start" instead of "running", and the reports below tell those apart.
 fn blocker(rt_tier: &tierpool::Tier) -> H {
+    let (entered_tx, entered) = mpsc::channel();
     let h = rt_tier
-        .task(|ctx| {
+        .task(move |ctx| {
+            let _ = entered_tx.send(());
             ctx.sleep(Duration::from_secs(3600))?;
             Ok("blocker woke")
         })
         .no_timeout()
         .submit()
         .unwrap();
-    wait_running(&h);
+    entered.recv_timeout(WAIT).expect("blocker body running");
     h
 }
 
@@ -86,7 +91,9 @@ fn report_accounts_for_every_task_and_never_started_resolve_as_shutdown() {
         .no_timeout()
         .submit()
         .unwrap();
-    wait_running(&finisher);
+    // Not `wait_running`: its body must be at the gate (it counts as
+    // completed during the drain).
+    release.wait_entered(1);
     handles.push((finisher, "ui finisher"));
     rt.ui().pause();
     for _ in 0..4 {
@@ -110,7 +117,9 @@ fn report_accounts_for_every_task_and_never_started_resolve_as_shutdown() {
         .no_timeout()
         .submit()
         .unwrap();
-    wait_running(&ignorer);
+    // Not `wait_running`: a body skipped (cancelled by the shutdown before
+    // it ran) can never become a zombie.
+    stuck.wait_entered(1);
     let ignorer_id = ignorer.id();
     handles.push((ignorer, "bg ignorer"));
     rt.background().pause();
@@ -239,7 +248,9 @@ fn zombie_detached_at_shutdown_returning_later_exits_cleanly() {
         .no_timeout()
         .submit()
         .unwrap();
-    wait_running(&h);
+    // Not `wait_running`: a body skipped (cancelled by the shutdown before
+    // it ran) can never become a zombie.
+    gate.wait_entered(1);
     let report = rt.shutdown(Duration::ZERO);
     assert_eq!(report.zombies, vec![h.id()]);
     assert_eq!(

@@ -1,4 +1,8 @@
+mod common;
+
 use std::time::Duration;
+
+use common::{wait_until, Gate, WAIT};
 use tierpool::{ManualClock, Priority, Runtime};
 
 #[test]
@@ -26,26 +30,41 @@ fn timeout_ignored() {
         .realtime(|t| t.workers(2).reserved_slots(1))
         .build()
         .unwrap();
+    // The body ignores its timeout: it returns only once the gate opens
+    // (not after a real-time sleep, which under load could end before the
+    // timeout or after the zombie checks below).
+    let gate = Gate::new();
+    let g2 = gate.clone();
     let h = rt
         .realtime()
-        .task(|_| {
-            std::thread::sleep(Duration::from_millis(300));
+        .task(move |_| {
+            g2.wait();
             Ok::<_, String>(1)
         })
         .timeout(Duration::from_secs(1))
         .submit()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Not a real-time sleep (nor `wait_running`): the body must be running
+    // before time moves, or it is timed out unstarted and never a zombie.
+    gate.wait_entered(1);
     m.advance(Duration::from_secs(2));
     let e = h.join().unwrap_err();
     assert!(e.is_timeout());
     m.advance(Duration::from_secs(2));
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until("zombie declared", WAIT, || {
+        rt.stats().tier("realtime").unwrap().zombies == 1
+    });
     let s = rt.stats();
     println!("{s}");
     let t = s.tier("realtime").unwrap();
     assert_eq!(t.zombies, 1);
-    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(t.late_results, 0, "still running");
+    gate.open();
+    wait_until("zombie returned", WAIT, || {
+        let s = rt.stats();
+        let t = s.tier("realtime").unwrap();
+        t.late_results == 1 && t.zombie_threads == 0
+    });
     let s = rt.stats();
     let t = s.tier("realtime").unwrap();
     println!("{s} late {}", t.late_results);

@@ -66,13 +66,19 @@ fn cancelled_task_returning_its_cancelled_error_is_cancelled_not_failed() {
     let far = m.now() + Duration::from_secs(3600);
     for round in 0..40 {
         let by_timeout = round % 2 == 0;
+        let (entered_tx, entered) = mpsc::channel();
         let h = rt
             .background()
-            .task(move |ctx| ctx.sleep_until(far))
+            .task(move |ctx| {
+                let _ = entered_tx.send(());
+                ctx.sleep_until(far)
+            })
             .timeout(Duration::from_secs(1))
             .submit()
             .unwrap();
-        wait_running(&h);
+        // Not `wait_running`: the race under test needs the body asleep on
+        // its token (a task cancelled before its body runs skips it).
+        entered.recv_timeout(WAIT).unwrap();
         if by_timeout {
             m.advance(Duration::from_secs(1));
         } else {
