@@ -29,6 +29,39 @@ use tierpool::{CancelReason, Priority, Runtime, TaskError, Tier};
 pub(crate) struct BenchOptions {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
+    /// Sections to run (`--only`, repeatable); empty: all of them.
+    pub(crate) only: Vec<Section>,
+}
+
+/// The report's sections, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    Dispatch,
+    Isolation,
+    Timeouts,
+    Idle,
+    Batch,
+}
+
+impl Section {
+    const ALL: [(&'static str, Section); 5] = [
+        ("dispatch", Section::Dispatch),
+        ("isolation", Section::Isolation),
+        ("timeouts", Section::Timeouts),
+        ("idle", Section::Idle),
+        ("batch", Section::Batch),
+    ];
+
+    fn parse(s: &str) -> Result<Section, String> {
+        Section::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|&(_, sec)| sec)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Section::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown bench section {s:?} (one of: {})", names.join(", "))
+            })
+    }
 }
 
 impl Default for BenchOptions {
@@ -36,6 +69,7 @@ impl Default for BenchOptions {
         BenchOptions {
             quick: false,
             out: PathBuf::from("target/tierpool-bench"),
+            only: Vec::new(),
         }
     }
 }
@@ -48,6 +82,12 @@ pub(crate) fn parse(args: &[String]) -> Result<Option<BenchOptions>, String> {
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
             "--quick" => o.quick = true,
+            "--only" => {
+                let name = it
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a section name"))?;
+                o.only.push(Section::parse(name)?);
+            }
             "-o" | "--out" => {
                 o.out = it
                     .next()
@@ -118,12 +158,25 @@ pub(crate) fn run(opts: &BenchOptions) -> i32 {
         md.push_str(&text);
         targets.append(&mut verdicts);
     };
-    section(&mut md, dispatch_report(&s));
-    let (text, verdicts, runs) = isolation_report(&s);
-    section(&mut md, (text, verdicts));
-    section(&mut md, timeout_report(&s));
-    section(&mut md, idle_report(&s));
-    section(&mut md, batch_report(&s));
+    let wanted = |sec: Section| opts.only.is_empty() || opts.only.contains(&sec);
+    if wanted(Section::Dispatch) {
+        section(&mut md, dispatch_report(&s));
+    }
+    let mut runs = Vec::new();
+    if wanted(Section::Isolation) {
+        let (text, verdicts, r) = isolation_report(&s);
+        section(&mut md, (text, verdicts));
+        runs = r;
+    }
+    if wanted(Section::Timeouts) {
+        section(&mut md, timeout_report(&s));
+    }
+    if wanted(Section::Idle) {
+        section(&mut md, idle_report(&s));
+    }
+    if wanted(Section::Batch) {
+        section(&mut md, batch_report(&s));
+    }
     let mut summary = String::from("## Targets (issue 5)\n\n");
     for t in &targets {
         let _ = writeln!(summary, "- {t}");
@@ -141,8 +194,11 @@ pub(crate) fn run(opts: &BenchOptions) -> i32 {
         eprintln!("error: cannot create {}: {e}", opts.out.display());
         return 1;
     }
-    let svg = isolation_svg(&runs);
-    for (name, body) in [("report.md", &md), ("isolation.svg", &svg)] {
+    let mut files = vec![("report.md", md)];
+    if !runs.is_empty() {
+        files.push(("isolation.svg", isolation_svg(&runs)));
+    }
+    for (name, body) in &files {
         let path = opts.out.join(name);
         if let Err(e) = std::fs::write(&path, body) {
             eprintln!("error: cannot write {}: {e}", path.display());
@@ -889,6 +945,14 @@ mod tests {
 
     #[test]
     fn parses_bench_flags() {
+        let o = parse(&args("--only isolation --only batch"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.only, vec![Section::Isolation, Section::Batch]);
+        let e = parse(&args("--only nope")).unwrap_err();
+        assert!(e.contains("unknown bench section \"nope\""), "{e}");
+        assert!(e.contains("dispatch, isolation"), "{e}");
+        assert!(parse(&args("--only")).is_err());
         let o = parse(&args("--quick --out /tmp/x")).unwrap().unwrap();
         assert!(o.quick);
         assert_eq!(o.out, PathBuf::from("/tmp/x"));

@@ -10,7 +10,7 @@ tierpool — structured background work for synchronous Rust
 
 USAGE:
     tierpool demo [OPTIONS]
-    tierpool bench [--quick] [--out DIR]
+    tierpool bench [--quick] [--out DIR] [--only SECTION]...
     tierpool help
 
 demo
@@ -67,10 +67,12 @@ bench
     isolation, timeout enforcement (10,000 concurrent deadlines), idle CPU,
     a 1,000-item CPU batch. Prints markdown tables with the issue-5 targets
     met or missed; writes DIR/report.md and DIR/isolation.svg. Build with
-    --release. A full run takes about two minutes.
+    --release. A full run takes about a minute here.
 
     --quick                 smaller sizes for a CI smoke run (< 40 s)
     -o, --out <DIR>         where to write    [default: target/tierpool-bench]
+    --only <SECTION>        run only this section (repeatable): dispatch,
+                            isolation, timeouts, idle, batch
 ";
 
 /// Options of `tierpool demo`.
