@@ -865,12 +865,15 @@ fn isolation_svg(runs: &[(&str, HolRun)]) -> String {
             "<line x1=\"{L}\" y1=\"{gy:.1}\" x2=\"{}\" y2=\"{gy:.1}\" stroke=\"#ddd\"/>",
             L + pw
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{q}</text>"#,
-            L - 6.0,
-            gy + 4.0
-        );
+        // 1 sits a hair above 0.99 on a linear axis: only 0.99 is labelled.
+        if q < 1.0 {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{:.1}" text-anchor="end">{q}</text>"#,
+                L - 6.0,
+                gy + 4.0
+            );
+        }
     }
     let _ = writeln!(
         s,
