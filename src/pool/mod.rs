@@ -129,6 +129,10 @@ pub(crate) struct PoolShared {
     reserved_total: Padded<AtomicUsize>,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
+    /// Rings sent and not yet taken by a worker (see "the wake-up protocol"
+    /// in README.md): a submitter that sees at least one per idle worker
+    /// does not ring again.
+    rings: Padded<AtomicUsize>,
     /// The lifecycle flag and the submitters past it (see `gate.rs`).
     gate: Gate,
     paused: AtomicBool,
@@ -191,6 +195,7 @@ impl PoolShared {
             reserved_total: Padded(AtomicUsize::new(0)),
             bell_tx,
             bell_rx,
+            rings: Padded(AtomicUsize::new(0)),
             gate: Gate::new(),
             paused: AtomicBool::new(false),
             drain_lock: Mutex::new(()),
@@ -378,7 +383,10 @@ impl PoolShared {
         // look at the queue: one of us sees the other.
         fence(Ordering::SeqCst);
         let idle = self.idle.load(Ordering::SeqCst);
-        if idle > 0 {
+        // A ring already on its way to each idle worker will make one of
+        // them look at the queue after this push (README.md: "Pending
+        // rings"); one more would only wake a worker for nothing.
+        if idle > 0 && self.rings.load(Ordering::SeqCst) < idle {
             self.ring(1);
         }
         if self.live.load(Ordering::Acquire) < self.config.max_workers
@@ -415,12 +423,25 @@ impl PoolShared {
 
     pub(crate) fn ring(&self, n: usize) {
         for _ in 0..n {
+            // Counted before it is sent, so it is never taken uncounted.
+            self.rings.fetch_add(1, Ordering::SeqCst);
             // A full bell already holds more wake-ups than there are
             // idle workers: nothing is lost by dropping this one.
             if self.bell_tx.try_send(()).is_err() {
+                self.rings.fetch_sub(1, Ordering::SeqCst);
                 break;
             }
         }
+    }
+
+    /// A worker took a ring off the bell: it looks at the queue next.
+    pub(crate) fn took_ring(&self) {
+        self.rings.fetch_sub(1, Ordering::SeqCst);
+        // Pairs with the submitter's fence before it read `rings`: a
+        // submitter that counted this ring and did not ring again pushed
+        // its work before that fence, and this worker's look at the queue
+        // after this fence sees it.
+        fence(Ordering::SeqCst);
     }
 
     /// When a critical task must wait because every worker is busy, cancel

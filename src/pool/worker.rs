@@ -163,7 +163,11 @@ impl PoolShared {
             Some(budget) => self.bell_rx.recv_timeout(budget),
         };
         match got {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => false,
+            Ok(()) => {
+                self.took_ring();
+                false
+            }
+            Err(RecvTimeoutError::Disconnected) => false,
             Err(RecvTimeoutError::Timeout) => {
                 keep_alive_end.is_some_and(|end| self.clock.now() >= end)
             }
