@@ -287,6 +287,12 @@ fn retries_follow_the_backoff_schedule_without_holding_a_worker() {
     );
     m.advance(Duration::from_millis(1));
     wait_until("second attempt", LONG, || calls.load(Ordering::SeqCst) == 2);
+    // The backoff counts from when the worker sees the failure: wait until
+    // it has scheduled the retry (its timer is the watchdog's one entry)
+    // before moving time, or the 2 s start late and the test hangs.
+    wait_until("second retry scheduled", LONG, || {
+        rt.stats().watchdog_pending == 1
+    });
     m.advance(Duration::from_millis(1999));
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(
