@@ -118,12 +118,16 @@ impl PriorityQueue {
         allowed: impl FnOnce() -> [bool; 4],
         on_pick: impl FnOnce(usize),
     ) -> Option<(usize, Work)> {
-        let mut levels = (0..4).filter(|&l| waiting[l]);
-        let only = match (levels.next(), levels.next()) {
-            (None, _) => return None,
-            (Some(l), None) => Some(l),
-            _ => None,
-        };
+        let mask = usize::from(waiting[0])
+            | usize::from(waiting[1]) << 1
+            | usize::from(waiting[2]) << 2
+            | usize::from(waiting[3]) << 3;
+        if mask == 0 {
+            return None;
+        }
+        let only = mask
+            .is_power_of_two()
+            .then(|| mask.trailing_zeros() as usize);
         if let Some(level) = only {
             if !self.exclusive && !self.passed_over.load(Ordering::Acquire) {
                 // The rule's answer with one level waiting and no counts,

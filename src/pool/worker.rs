@@ -113,7 +113,13 @@ impl PoolShared {
     fn next_work(&self, generation: u64) -> Option<(usize, Work)> {
         // A reserved place may not be pushed yet: then the pick comes back
         // empty and the worker looks again before it sleeps.
-        let waiting = [0, 1, 2, 3].map(|l| self.reserved[l].load(Ordering::Acquire) > 0);
+        let r = &self.reserved;
+        let waiting = [
+            r[0].load(Ordering::Acquire) > 0,
+            r[1].load(Ordering::Acquire) > 0,
+            r[2].load(Ordering::Acquire) > 0,
+            r[3].load(Ordering::Acquire) > 0,
+        ];
         let picked = self.queue.pick(
             waiting,
             || self.allowed_levels(generation),
