@@ -217,33 +217,30 @@ mod tests {
         assert_eq!(pick([false, false, false, true]), Some(3));
         assert_eq!(q.picker.lock().skipped, [0; 4]);
         assert!(!q.passed_over.load(Ordering::Acquire));
-        // An exclusive queue never takes the lock-free path.
+        // An exclusive queue never takes the lock-free path; a plain one
+        // takes a lone high task without the lock. Each pick reports
+        // whether `allowed` ran under the pick lock.
+        let high_pick_locked = |q: &PriorityQueue| {
+            assert!(q.push(Priority::High, Work::Poison).is_ok());
+            let mut under_lock = None;
+            let got = q.pick(
+                [false, true, false, false],
+                || {
+                    under_lock = Some(q.picker.is_locked());
+                    ALL
+                },
+                |_| {},
+            );
+            assert_eq!(got.map(|(l, _)| l), Some(1));
+            under_lock
+        };
         let ex = PriorityQueue::new(4, 2, true);
-        assert!(ex.push(Priority::High, Work::Poison).is_ok());
-        let mut under_lock = None;
-        let got = ex.pick(
-            [false, true, false, false],
-            || {
-                under_lock = Some(ex.picker.is_locked());
-                ALL
-            },
-            |_| {},
+        assert_eq!(
+            high_pick_locked(&ex),
+            Some(true),
+            "exclusive: under the lock"
         );
-        assert_eq!(got.map(|(l, _)| l), Some(1));
-        assert_eq!(under_lock, Some(true), "allowed runs under the pick lock");
-        // ... and a plain one takes it without the lock.
-        assert!(q.push(Priority::High, Work::Poison).is_ok());
-        let mut under_lock = None;
-        let got = q.pick(
-            [false, true, false, false],
-            || {
-                under_lock = Some(q.picker.is_locked());
-                ALL
-            },
-            |_| {},
-        );
-        assert_eq!(got.map(|(l, _)| l), Some(1));
-        assert_eq!(under_lock, Some(false));
+        assert_eq!(high_pick_locked(&q), Some(false), "plain: lock-free");
     }
 
     #[test]

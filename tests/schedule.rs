@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{runtime, wait, CountingGate};
 use proptest::prelude::*;
-use tierpool::{JobHealth, LoadRule, MissedRun, Priority, RunKind, Scheduler, SkipReason};
+use tierpool::{
+    JobHealth, LoadRule, MissedRun, Priority, RunKind, Scheduler, SkipReason, TaskHandle, Tier,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -264,6 +266,24 @@ fn runs_never_overlap_run_once_late_catches_up_once() {
     assert_eq!((st.runs, st.late_runs), (2, 1));
 }
 
+/// Occupies `n` workers of `tier` with tasks held at a gate; returns once
+/// all `n` bodies are running.
+fn occupy(tier: &Tier, n: u32) -> (CountingGate, Vec<TaskHandle<(), String>>) {
+    let gate = CountingGate::default();
+    let handles = (0..n)
+        .map(|_| {
+            let g = gate.clone();
+            tier.submit(Priority::Normal, move |_| {
+                g.pass();
+                Ok::<_, String>(())
+            })
+            .unwrap()
+        })
+        .collect();
+    wait("workers busy", || gate.entered() == n);
+    (gate, handles)
+}
+
 #[test]
 fn load_aware_jobs_skip_with_the_reason_or_shrink() {
     let (m, rt) = runtime(2);
@@ -285,19 +305,7 @@ fn load_aware_jobs_skip_with_the_reason_or_shrink() {
         })
         .unwrap();
     // Fill both background workers.
-    let gate = CountingGate::default();
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            let g = gate.clone();
-            rt.background()
-                .submit(Priority::Normal, move |_| {
-                    g.pass();
-                    Ok::<_, String>(())
-                })
-                .unwrap()
-        })
-        .collect();
-    wait("background busy", || gate.entered() == 2);
+    let (gate, handles) = occupy(rt.background(), 2);
     m.advance(10 * SEC);
     wait("skip recorded", || {
         s.job_stats(skipper).unwrap().skipped_load == 1
@@ -341,19 +349,7 @@ fn load_rule_judges_the_window_not_the_instant() {
     m.advance(9 * SEC);
     // Both workers busy for the window's last second: 1.0 right now, but
     // 2 s of busy time over 2 workers × 10 s = 0.1 over the window.
-    let gate = CountingGate::default();
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            let g = gate.clone();
-            rt.background()
-                .submit(Priority::Normal, move |_| {
-                    g.pass();
-                    Ok::<_, String>(())
-                })
-                .unwrap()
-        })
-        .collect();
-    wait("background busy", || gate.entered() == 2);
+    let (gate, handles) = occupy(rt.background(), 2);
     m.advance(SEC);
     wait("run dispatched", || s.job_stats(id).unwrap().runs == 1);
     assert_eq!(s.job_stats(id).unwrap().skipped_load, 0);
@@ -370,16 +366,7 @@ fn shrink_passes_the_scale_to_the_job() {
     let s = Scheduler::builder(rt.background()).build().unwrap();
     let scales: Arc<Mutex<Vec<f64>>> = Arc::default();
     let sink = scales.clone();
-    let gate = CountingGate::default();
-    let g = gate.clone();
-    let blocker = rt
-        .background()
-        .submit(Priority::Normal, move |_| {
-            g.pass();
-            Ok::<_, String>(())
-        })
-        .unwrap();
-    wait("one worker busy", || gate.entered() == 1);
+    let (gate, blockers) = occupy(rt.background(), 1);
     let id = s
         .every(SEC)
         .load_aware(LoadRule::shrink_above(0.4, 0.25))
@@ -393,7 +380,9 @@ fn shrink_passes_the_scale_to_the_job() {
     assert_eq!(scales.lock().unwrap()[0], 0.25);
     assert_eq!(s.job_stats(id).unwrap().shrunk, 1);
     gate.open();
-    blocker.join().unwrap();
+    for h in blockers {
+        h.join().unwrap();
+    }
 }
 
 #[test]
