@@ -21,7 +21,11 @@
 //! depends on what is running (no reserved slots), the rule's answer is
 //! that level and its state does not change — so the pick takes it without
 //! the lock. What the rule would have done is exactly what happens; the
-//! starvation bounds are untouched.
+//! starvation bounds are untouched. Two consequences are handled: a level
+//! the locked rule chose may turn out emptied by a lock-free pick (that
+//! choice is undone and the rule chooses again among the other levels),
+//! and a pass-over counted while a lock-free pick served that level is
+//! cleared after it (as the rule clears the level it serves).
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
@@ -136,20 +140,39 @@ impl PriorityQueue {
                     return None;
                 }
                 let w = self.rx[level].try_recv().ok()?;
+                if self.passed_over.load(Ordering::Acquire) {
+                    // A locked pick counted a pass-over of this level
+                    // meanwhile: clear it, as the rule does for the level
+                    // it serves (rare: only when the two raced).
+                    let mut picker = self.picker.lock();
+                    picker.skipped[level] = 0;
+                    self.passed_over
+                        .store(picker.skipped.iter().any(|&n| n > 0), Ordering::Release);
+                }
                 on_pick(level);
                 return Some((level, w));
             }
         }
         let mut picker = self.picker.lock();
-        let before = picker.skipped;
-        let picked = picker.choose(waiting, allowed()).and_then(|level| {
-            // A lock-free pick may have emptied the level since `waiting`
-            // was read: then nothing was picked and nothing is counted.
-            self.rx[level].try_recv().ok().map(|w| (level, w))
-        });
-        if picked.is_none() {
-            picker.skipped = before;
-        }
+        let allowed = allowed();
+        let mut waiting = waiting;
+        // A lock-free pick may have emptied the chosen level since
+        // `waiting` was read: then that choice counts nothing and the rule
+        // chooses again among the levels left (each round clears one, so at
+        // most four), so a job waiting at another level is not left behind.
+        let picked = loop {
+            let before = picker.skipped;
+            let Some(level) = picker.choose(waiting, allowed) else {
+                break None; // no ready level: `choose` changed nothing
+            };
+            match self.rx[level].try_recv() {
+                Ok(w) => break Some((level, w)),
+                Err(_) => {
+                    picker.skipped = before;
+                    waiting[level] = false;
+                }
+            }
+        };
         self.passed_over
             .store(picker.skipped.iter().any(|&n| n > 0), Ordering::Release);
         let (level, w) = picked?;
@@ -210,8 +233,16 @@ mod tests {
         assert_eq!(pick([true, false, false, true]), Some(0));
         assert!(q.passed_over.load(Ordering::Acquire));
         assert_eq!(q.picker.lock().skipped, [0, 0, 0, 1]);
-        // A level said to wait but empty: no pick, and no count.
-        assert_eq!(pick([true, false, false, true]), None);
+        // A level said to wait but empty: that choice counts nothing, and
+        // the rule chooses again among the others.
+        assert_eq!(pick([true, false, false, true]), Some(3));
+        assert_eq!(q.picker.lock().skipped, [0; 4]);
+        assert!(!q.passed_over.load(Ordering::Acquire));
+        // Only an empty level said to wait: no pick, and no count.
+        assert!(q.push(Priority::Critical, Work::Poison).is_ok());
+        assert!(q.push(Priority::Low, Work::Poison).is_ok());
+        assert_eq!(pick([true, false, false, true]), Some(0));
+        assert_eq!(pick([true, false, false, false]), None);
         assert_eq!(q.picker.lock().skipped, [0, 0, 0, 1]);
         // One level waiting but a count to clear: the locked path clears it.
         assert_eq!(pick([false, false, false, true]), Some(3));

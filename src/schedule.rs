@@ -95,8 +95,10 @@ enum LoadAction {
 /// capacity across the tier's
 /// [`utilisation_window`](crate::TierConfig::utilisation_window), runs in
 /// progress included, from 0 to 1 — so a momentary burst does not skip a
-/// run, sustained load does (before the tier has a window of samples it is
-/// `running / max_workers`).
+/// run, sustained load does. Samples are taken when stats are read (the
+/// rule reads them at each due run), so with runs rarer than the window it
+/// is the average since the previous reading; before there are two samples
+/// it is `running / max_workers`.
 ///
 /// ```
 /// use tierpool::LoadRule;

@@ -263,3 +263,60 @@ fn utilisation_is_busy_time_over_capacity_in_the_window() {
     m.advance(10 * SEC);
     assert_eq!(bg.stats().utilisation, 0.0, "the busy 5 s left the window");
 }
+
+/// An in-flight limit is relieved by tasks ending, not by the queue: the
+/// pick that follows clears the saturation even when nobody reads stats,
+/// so saturating again later starts a new spell instead of reporting the
+/// whole time since the first.
+#[test]
+fn in_flight_saturation_clears_when_tasks_end_without_anyone_looking() {
+    let m = ManualClock::new();
+    let rt = Runtime::builder()
+        .clock(m.clock())
+        .background(|t| t.workers(2).max_in_flight(2).no_memory_watermark())
+        .drop_grace(SEC)
+        .build()
+        .unwrap();
+    let bg = rt.background();
+    let fill = || {
+        let gate = CountingGate::default();
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let g = gate.clone();
+                bg.submit(Priority::Normal, move |_| {
+                    g.pass();
+                    Ok::<_, String>(())
+                })
+                .unwrap()
+            })
+            .collect();
+        wait("both running", || gate.entered() == 2);
+        let refused = bg
+            .submit(Priority::Normal, |_| Ok::<_, String>(()))
+            .unwrap_err();
+        assert_eq!(refused.reason(), &RejectReason::TierLimit { limit: 2 });
+        (gate, held)
+    };
+    let (gate, held) = fill();
+    gate.open();
+    for h in held {
+        h.join().unwrap();
+    }
+    // One more task runs (its pick sees the limit relieved); no stats read.
+    m.advance(SEC);
+    bg.submit(Priority::Normal, |_| Ok::<_, String>(()))
+        .unwrap()
+        .join()
+        .unwrap();
+    m.advance(100 * SEC);
+    let (gate, held) = fill();
+    assert_eq!(
+        bg.stats().saturated_for,
+        Some(Duration::ZERO),
+        "a new spell"
+    );
+    gate.open();
+    for h in held {
+        h.join().unwrap();
+    }
+}

@@ -28,7 +28,8 @@ use crate::queue::PriorityQueue;
 use crate::runtime::PhaseDeadline;
 use crate::stats::TierStats;
 use crate::sync::{
-    fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Padded, Weak,
+    fence, Arc, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering, Padded,
+    Weak,
 };
 use crate::task::{
     Body, Job, TaskCore, TaskCoreOf, TaskHandle, TaskOptions, Typed, TypedCore, Work, ZOMBIE,
@@ -56,6 +57,12 @@ pub(crate) struct WorkerSlot {
     run_since: AtomicU64,
     idle: AtomicBool,
 }
+
+/// `PoolShared::saturated`: nothing saturated, a queue limit (level or
+/// `max_queued`), the in-flight limit.
+const SAT_NONE: u8 = 0;
+const SAT_QUEUE: u8 = 1;
+const SAT_IN_FLIGHT: u8 = 2;
 
 /// Which limit made the tier saturated, and since when.
 #[derive(Clone, Copy, Debug)]
@@ -145,7 +152,10 @@ pub(crate) struct PoolShared {
     restarting: AtomicBool,
     restart_lock: Mutex<()>,
     /// Fast check for `saturation` (read on every pick).
-    saturated: AtomicBool,
+    /// `SAT_NONE`, or which kind of limit is saturated (the pick path reads
+    /// it: an in-flight limit is looked at on every pick, a queue limit
+    /// where the queue crosses half).
+    saturated: AtomicU8,
     saturation: Mutex<Option<Saturation>>,
     util: Mutex<UtilWindow>,
     epoch: Instant,
@@ -204,7 +214,7 @@ impl PoolShared {
             generation: AtomicU64::new(0),
             restarting: AtomicBool::new(false),
             restart_lock: Mutex::new(()),
-            saturated: AtomicBool::new(false),
+            saturated: AtomicU8::new(SAT_NONE),
             saturation: Mutex::new(None),
             util: Mutex::new(UtilWindow::default()),
             epoch: clock.now(),
@@ -422,12 +432,25 @@ impl PoolShared {
     }
 
     pub(crate) fn ring(&self, n: usize) {
+        let cap = self.bell_tx.capacity().unwrap_or(usize::MAX);
         for _ in 0..n {
-            // Counted before it is sent, so it is never taken uncounted.
-            self.rings.fetch_add(1, Ordering::SeqCst);
-            // A full bell already holds more wake-ups than there are
-            // idle workers: nothing is lost by dropping this one.
+            // Counted before it is sent, so it is never taken uncounted;
+            // and never counted past the bell's capacity, so the send
+            // cannot find the bell full: a count with no ring behind it
+            // would let a submitter skip a ring nobody sends (README.md,
+            // "Pending rings"). A bell that full holds more wake-ups than
+            // there are idle workers: nothing is lost by not ringing.
+            if self
+                .rings
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                    (r < cap).then_some(r + 1)
+                })
+                .is_err()
+            {
+                break;
+            }
             if self.bell_tx.try_send(()).is_err() {
+                // Only if the bell is gone (the pool is being dropped).
                 self.rings.fetch_sub(1, Ordering::SeqCst);
                 break;
             }
@@ -529,12 +552,28 @@ impl PoolShared {
     /// counting as idle and as capacity, and its handle is parked for
     /// joining.
     fn leave(&self, t: &mut Threads, slot: &WorkerSlot) {
+        // `live` before `idle`: a submitter that sees this worker no longer
+        // idle (its SeqCst read of `idle`) then sees the lower `live` too,
+        // and starts a worker itself (see `retired`).
+        t.live -= 1;
+        self.live.store(t.live, Ordering::Release);
         if slot.idle.swap(false, Ordering::Relaxed) {
             self.idle.fetch_sub(1, Ordering::SeqCst);
         }
-        t.live -= 1;
-        self.live.store(t.live, Ordering::Release);
         self.forget_thread(t, slot.index);
+    }
+
+    /// After a worker retired on keep-alive: a submitter that pushed just
+    /// before still counted it idle, and may have rung it or left a ring to
+    /// it, and started no thread. Either that submitter saw it leave (and
+    /// starts a worker itself, `live` being below the limit), or this look
+    /// after the fence sees the submitter's reservation (Dekker on `idle`
+    /// and `reserved`) and does the wake-up in its place.
+    pub(crate) fn retired(self: &Arc<Self>) {
+        fence(Ordering::SeqCst);
+        if self.reserved.iter().any(|r| r.load(Ordering::SeqCst) > 0) {
+            self.wake_for_new_work();
+        }
     }
 
     /// Removes an exiting thread's slot and parks its handle for joining.
@@ -723,7 +762,11 @@ impl PoolShared {
                 since: self.clock.now(),
                 limit,
             });
-            self.saturated.store(true, Ordering::Release);
+            let kind = match limit {
+                SaturatedLimit::InFlight(_) => SAT_IN_FLIGHT,
+                _ => SAT_QUEUE,
+            };
+            self.saturated.store(kind, Ordering::Release);
             tlog!(debug, target: "tierpool::pool", "{}: at capacity ({limit:?})", self.name());
         }
     }
@@ -734,7 +777,19 @@ impl PoolShared {
     /// capacity stays saturated).
     #[inline]
     pub(crate) fn check_saturation(&self) {
-        if self.saturated.load(Ordering::Acquire) {
+        if self.saturated.load(Ordering::Acquire) != SAT_NONE {
+            self.clear_saturation_if_relieved();
+        }
+    }
+
+    /// Called on every pick: an in-flight limit is relieved by tasks
+    /// ending, which no queue crossing reports, so while one is saturated
+    /// every pick looks (one load otherwise). Without this a tier relieved
+    /// and saturated again an hour later would report an hour of
+    /// saturation.
+    #[inline]
+    pub(crate) fn check_in_flight_saturation(&self) {
+        if self.saturated.load(Ordering::Acquire) == SAT_IN_FLIGHT {
             self.clear_saturation_if_relieved();
         }
     }
@@ -756,14 +811,14 @@ impl PoolShared {
         };
         if relieved {
             *s = None;
-            self.saturated.store(false, Ordering::Release);
+            self.saturated.store(SAT_NONE, Ordering::Release);
             tlog!(debug, target: "tierpool::pool", "{}: no longer at capacity (after {:?})",
                 self.name(), self.clock.now().saturating_duration_since(sat.since));
         }
     }
 
     fn saturated_for(&self, now: Instant) -> Option<Duration> {
-        if !self.saturated.load(Ordering::Acquire) {
+        if self.saturated.load(Ordering::Acquire) == SAT_NONE {
             return None;
         }
         self.clear_saturation_if_relieved();

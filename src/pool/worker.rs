@@ -74,6 +74,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             break;
         }
         if pool.wait_for_work(&mut idle_since) && pool.try_retire(&slot) {
+            pool.retired();
             guard.disarm();
             return;
         }
@@ -135,9 +136,10 @@ impl PoolShared {
         // few hundred thousand tasks/s).
         if self.unreserve(picked.0) {
             self.admission.notify_room();
-            // Where a queue limit can stop being saturated; an in-flight
-            // limit is looked at again when stats or health are read.
+            // Where a queue limit can stop being saturated.
             self.check_saturation();
+        } else {
+            self.check_in_flight_saturation();
         }
         Some(picked)
     }
