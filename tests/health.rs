@@ -279,18 +279,7 @@ fn in_flight_saturation_clears_when_tasks_end_without_anyone_looking() {
         .unwrap();
     let bg = rt.background();
     let fill = || {
-        let gate = CountingGate::default();
-        let held: Vec<_> = (0..2)
-            .map(|_| {
-                let g = gate.clone();
-                bg.submit(Priority::Normal, move |_| {
-                    g.pass();
-                    Ok::<_, String>(())
-                })
-                .unwrap()
-            })
-            .collect();
-        wait("both running", || gate.entered() == 2);
+        let (gate, held) = common::occupy(bg, 2);
         let refused = bg
             .submit(Priority::Normal, |_| Ok::<_, String>(()))
             .unwrap_err();
@@ -303,8 +292,10 @@ fn in_flight_saturation_clears_when_tasks_end_without_anyone_looking() {
         h.join().unwrap();
     }
     // One more task runs (its pick sees the limit relieved); no stats read.
+    // `submit_wait`: the permits of the two are given back just after their
+    // `join` returned.
     m.advance(SEC);
-    bg.submit(Priority::Normal, |_| Ok::<_, String>(()))
+    bg.submit_wait(Priority::Normal, |_| Ok::<_, String>(()), 3600 * SEC)
         .unwrap()
         .join()
         .unwrap();

@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{runtime, wait, CountingGate};
+use common::{occupy, runtime, wait, CountingGate};
 use proptest::prelude::*;
-use tierpool::{
-    JobHealth, LoadRule, MissedRun, Priority, RunKind, Scheduler, SkipReason, TaskHandle, Tier,
-};
+use tierpool::{JobHealth, LoadRule, MissedRun, RunKind, Scheduler, SkipReason};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -264,24 +262,6 @@ fn runs_never_overlap_run_once_late_catches_up_once() {
     std::thread::sleep(Duration::from_millis(20));
     let st = s.job_stats(id).unwrap();
     assert_eq!((st.runs, st.late_runs), (2, 1));
-}
-
-/// Occupies `n` workers of `tier` with tasks held at a gate; returns once
-/// all `n` bodies are running.
-fn occupy(tier: &Tier, n: u32) -> (CountingGate, Vec<TaskHandle<(), String>>) {
-    let gate = CountingGate::default();
-    let handles = (0..n)
-        .map(|_| {
-            let g = gate.clone();
-            tier.submit(Priority::Normal, move |_| {
-                g.pass();
-                Ok::<_, String>(())
-            })
-            .unwrap()
-        })
-        .collect();
-    wait("workers busy", || gate.entered() == n);
-    (gate, handles)
 }
 
 #[test]

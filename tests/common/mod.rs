@@ -280,3 +280,24 @@ impl CountingGate {
         self.0 .1.notify_all();
     }
 }
+
+/// Occupies `n` workers of `tier` with tasks held at a gate; returns once
+/// all `n` bodies are running. Submits with `submit_wait`: a permit is
+/// given back just after `join` returns, so a tier with an in-flight limit
+/// may still be full for a moment (woken by the release, not by time).
+pub fn occupy(tier: &tierpool::Tier, n: u32) -> (CountingGate, Vec<TaskHandle<(), String>>) {
+    let gate = CountingGate::default();
+    let handles = (0..n)
+        .map(|_| {
+            let g = gate.clone();
+            let task = move |_: &tierpool::TaskContext| {
+                g.pass();
+                Ok::<_, String>(())
+            };
+            tier.submit_wait(tierpool::Priority::Normal, task, Duration::from_secs(3600))
+                .unwrap()
+        })
+        .collect();
+    wait("workers busy", || gate.entered() == n);
+    (gate, handles)
+}
