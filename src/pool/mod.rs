@@ -58,6 +58,12 @@ pub(crate) struct WorkerSlot {
     idle: AtomicBool,
 }
 
+/// A run-start stamp: nanoseconds on the clock's epoch plus one (0 means
+/// "not running").
+fn stamp_of(nanos: u64) -> u64 {
+    nanos.min(u64::MAX - 1) + 1
+}
+
 /// `PoolShared::saturated`: nothing saturated, a queue limit (level or
 /// `max_queued`), the in-flight limit.
 const SAT_NONE: u8 = 0;
@@ -158,7 +164,6 @@ pub(crate) struct PoolShared {
     saturated: AtomicU8,
     saturation: Mutex<Option<Saturation>>,
     util: Mutex<UtilWindow>,
-    epoch: Instant,
     self_weak: Weak<PoolShared>,
 }
 
@@ -217,7 +222,6 @@ impl PoolShared {
             saturated: AtomicU8::new(SAT_NONE),
             saturation: Mutex::new(None),
             util: Mutex::new(UtilWindow::default()),
-            epoch: clock.now(),
             self_weak: weak.clone(),
             config,
             clock,
@@ -692,15 +696,14 @@ impl PoolShared {
 // ---- utilisation, saturation ------------------------------------------------
 
 impl PoolShared {
-    /// Nanoseconds on the clock's epoch, plus one (0 means "none").
+    /// `at` as a run-start stamp (see `stamp_of`).
     fn stamp(&self, at: Instant) -> u64 {
-        self.clock.nanos(at).min(u64::MAX - 1) + 1
+        stamp_of(self.clock.nanos(at))
     }
 
     /// A run started at `start_n` (nanoseconds on the clock's epoch).
     pub(crate) fn note_run_start(&self, slot: &WorkerSlot, start_n: u64) {
-        slot.run_since
-            .store(start_n.min(u64::MAX - 1) + 1, Ordering::Relaxed);
+        slot.run_since.store(stamp_of(start_n), Ordering::Relaxed);
     }
 
     pub(crate) fn note_run_end(&self, slot: &WorkerSlot) {
@@ -739,8 +742,8 @@ impl PoolShared {
             w.samples.push_back((now, busy));
         }
         // Keep one sample at or before the window start as the baseline.
-        while w.samples.len() > 2 && w.samples[1].0 <= now.checked_sub(window).unwrap_or(self.epoch)
-        {
+        let window_start = now.checked_sub(window);
+        while w.samples.len() > 2 && window_start.is_some_and(|start| w.samples[1].0 <= start) {
             w.samples.pop_front();
         }
         let Some(&(base_at, base_busy)) = w.samples.front() else {
@@ -771,25 +774,18 @@ impl PoolShared {
         }
     }
 
-    /// Called when a pick takes a queue below half a limit (and when stats
-    /// or health are read): clears the saturation once the limit that was
-    /// hit is back at half or less (hysteresis, so a queue hovering at its
-    /// capacity stays saturated).
-    #[inline]
-    pub(crate) fn check_saturation(&self) {
-        if self.saturated.load(Ordering::Acquire) != SAT_NONE {
-            self.clear_saturation_if_relieved();
-        }
-    }
-
-    /// Called on every pick: an in-flight limit is relieved by tasks
+    /// Called on every pick (one load when nothing is saturated): clears
+    /// the saturation once the limit that was hit is back at half or less
+    /// (hysteresis, so a queue hovering at its capacity stays saturated).
+    /// A queue limit can only be relieved where the pick took a queue below
+    /// half (`queue_crossed_half`); an in-flight limit is relieved by tasks
     /// ending, which no queue crossing reports, so while one is saturated
-    /// every pick looks (one load otherwise). Without this a tier relieved
-    /// and saturated again an hour later would report an hour of
-    /// saturation.
+    /// every pick looks — else a tier relieved and saturated again an hour
+    /// later would report an hour of saturation.
     #[inline]
-    pub(crate) fn check_in_flight_saturation(&self) {
-        if self.saturated.load(Ordering::Acquire) == SAT_IN_FLIGHT {
+    pub(crate) fn check_saturation(&self, queue_crossed_half: bool) {
+        let kind = self.saturated.load(Ordering::Acquire);
+        if kind == SAT_IN_FLIGHT || (kind != SAT_NONE && queue_crossed_half) {
             self.clear_saturation_if_relieved();
         }
     }

@@ -134,13 +134,11 @@ impl PoolShared {
         // empty, not on every pick: one wake-up then refills half a queue
         // instead of one place (a futex wake per task capped dispatch at a
         // few hundred thousand tasks/s).
-        if self.unreserve(picked.0) {
+        let crossed_half = self.unreserve(picked.0);
+        if crossed_half {
             self.admission.notify_room();
-            // Where a queue limit can stop being saturated.
-            self.check_saturation();
-        } else {
-            self.check_in_flight_saturation();
         }
+        self.check_saturation(crossed_half);
         Some(picked)
     }
 
