@@ -155,6 +155,10 @@ pub(crate) trait Settle: Send + Sync {
     fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool;
     /// The terminal status, once settled.
     fn outcome(&self) -> Option<TaskStatus>;
+    /// Whether nothing in the settled outcome needs dropping (no user
+    /// value with a destructor): such a core may be freed later, on
+    /// another thread (see `PoolShared::return_spent`).
+    fn light(&self) -> bool;
     /// Runs one attempt of the task's body (the worker, only).
     fn run(&self, ctx: &crate::task::TaskContext) -> crate::task::RunEnd;
 }

@@ -430,6 +430,10 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
         self.slot.outcome()
     }
 
+    fn light(&self) -> bool {
+        !std::mem::needs_drop::<T>() && !std::mem::needs_drop::<E>()
+    }
+
     fn run(&self, ctx: &TaskContext) -> RunEnd {
         // Only the worker running the task takes this lock.
         let mut body = self.body.lock();

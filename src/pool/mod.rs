@@ -43,6 +43,10 @@ use config::{TierConfig, MAX_WORKERS_LIMIT};
 /// themselves; they only need to be rung, so this is a safety bound.
 const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
 
+/// How many spent task cores may wait for a submitter to free them (see
+/// `PoolShared::return_spent`); past it a worker frees them itself.
+const SPENT_CAPACITY: usize = 64;
+
 use gate::{Gate, OPEN, STOPPING};
 
 /// A worker thread's public face: what it is running now.
@@ -142,6 +146,10 @@ pub(crate) struct PoolShared {
     reserved_total: Padded<AtomicUsize>,
     bell_tx: Sender<()>,
     bell_rx: Receiver<()>,
+    /// Spent task cores on their way back to a submitting thread, which
+    /// frees them (see `return_spent`).
+    spent_tx: Sender<Job>,
+    spent_rx: Receiver<Job>,
     /// Rings sent and not yet taken by a worker (see "the wake-up protocol"
     /// in README.md): a submitter that sees at least one per idle worker
     /// does not ring again.
@@ -182,6 +190,7 @@ impl PoolShared {
         let replacements = config.max_zombie_replacements.min(MAX_WORKERS_LIMIT);
         let bell_cap = (config.max_workers + replacements) * 4 + 64;
         let (bell_tx, bell_rx) = bounded(bell_cap);
+        let (spent_tx, spent_rx) = bounded(SPENT_CAPACITY);
         Arc::new_cyclic(|weak| PoolShared {
             queue: PriorityQueue::new(
                 config.queue_capacity,
@@ -210,6 +219,8 @@ impl PoolShared {
             reserved_total: Padded(AtomicUsize::new(0)),
             bell_tx,
             bell_rx,
+            spent_tx,
+            spent_rx,
             rings: Padded(AtomicUsize::new(0)),
             gate: Gate::new(),
             paused: AtomicBool::new(false),
@@ -297,6 +308,10 @@ impl PoolShared {
         };
         let priority = opts.priority;
         let queue_budget = opts.queue_budget;
+        // Free one spent core here, on a submitting thread (see
+        // `return_spent`): the allocation below then finds its memory in
+        // this thread's cache.
+        drop(self.spent_rx.try_recv());
         let submitted_at = self.clock.now();
         // One allocation: the core with the slot and the closure in it.
         let typed = Arc::new(TaskCoreOf::new(

@@ -295,7 +295,7 @@ impl PoolShared {
             self.counters.stopped_running();
         }
         let id = core.id;
-        match end {
+        let spent = match end {
             RunEnd::Settled => {
                 // The body settled the slot (and the slot counted it).
                 self.events().emit_with(|| Event::TaskFinished {
@@ -304,15 +304,26 @@ impl PoolShared {
                     status: core.slot.outcome().unwrap_or(TaskStatus::Completed),
                 });
                 core.release_permit();
+                Some(job)
             }
             RunEnd::Late => {
                 self.counters.late_result();
                 core.release_permit();
+                Some(job)
             }
             // The job moves on whole: dropping it here would settle it
             // (see `Job`'s drop), as it is queued again.
-            RunEnd::Restart => self.restart(job),
-            RunEnd::RetryAfter(d) => self.retry_later(job, d),
+            RunEnd::Restart => {
+                self.restart(job);
+                None
+            }
+            RunEnd::RetryAfter(d) => {
+                self.retry_later(job, d);
+                None
+            }
+        };
+        if let Some(job) = spent {
+            self.return_spent(job);
         }
         self.notify_drain();
         if left == ZOMBIE {
@@ -324,6 +335,24 @@ impl PoolShared {
             return After::Retire;
         }
         After::Continue
+    }
+
+    /// Hands a finished task's core back to a submitting thread to free,
+    /// when this worker holds the last reference and the core keeps no
+    /// user value whose drop could matter where or when it runs.
+    ///
+    /// Why: the core is allocated by the submitter and would be freed
+    /// here. glibc's malloc puts a chunk freed on another thread into this
+    /// thread's cache, which overflows at once (nothing is allocated here),
+    /// and the overflow takes the submitting thread's arena lock, against
+    /// which the submitter allocates the next task: a futex per few tasks
+    /// under load. Freed by a submitter, the chunk lands in that thread's
+    /// own cache and its next allocation reuses it. A full channel (no one
+    /// submitting) just frees here, as before.
+    fn return_spent(&self, job: Job) {
+        if Arc::strong_count(&job.core) == 1 && job.core.slot.light() {
+            let _ = self.spent_tx.try_send(job);
+        }
     }
 
     /// Puts a preempted restartable task back in its queue.
