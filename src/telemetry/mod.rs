@@ -47,6 +47,20 @@ impl Counter {
     fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// For the counts `queued` is derived from (see there).
+    #[inline]
+    fn add_release(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+    fn get_acquire(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+struct RunLine {
+    running: AtomicUsize,
+    left_queue: AtomicU64,
 }
 
 /// A tier's live counters.
@@ -69,9 +83,13 @@ pub(crate) struct TierCounters {
     scale_downs: Counter,
     busy_nanos: Counter,
     bytes_allocated: Counter,
-    /// Written by submitters and workers alike: each on a line of its own.
-    queued: Padded<AtomicUsize>,
-    running: Padded<AtomicUsize>,
+    /// The workers' line: tasks running, and tasks that left the queue
+    /// (started or discarded). How many are queued is not a counter of its
+    /// own (one written by submitters and workers alike would move between
+    /// their cores on every task): it is what entered the queue
+    /// (`submitted` + `restarts` + `retries`, the submitters' side) minus
+    /// `left_queue` (see `queued`).
+    run_line: Padded<RunLine>,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
     /// Bytes allocated per run (only with the counting allocator).
@@ -111,8 +129,7 @@ impl TierCounters {
             scale_downs: Counter::default(),
             busy_nanos: Counter::default(),
             bytes_allocated: Counter::default(),
-            queued: Padded(AtomicUsize::new(0)),
-            running: Padded(AtomicUsize::new(0)),
+            run_line: Padded(RunLine::default()),
             queue_wait: Histogram::new(),
             run_time: Histogram::new(),
             task_bytes: Histogram::new(),
@@ -121,8 +138,9 @@ impl TierCounters {
 
     #[inline]
     pub(crate) fn submitted(&self) {
-        self.submitted.add(1);
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        // Release (like every count of a task entering the queue): a task
+        // is counted in before it can be counted out (see `queued`).
+        self.submitted.add_release();
     }
 
     pub(crate) fn rejected(&self, r: &RejectReason) {
@@ -131,14 +149,19 @@ impl TierCounters {
 
     /// A task left the queue without starting (discarded).
     pub(crate) fn dequeued(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.left_queue();
+    }
+
+    #[inline]
+    fn left_queue(&self) {
+        self.run_line.left_queue.fetch_add(1, Ordering::Release);
     }
 
     #[inline]
     /// `waited`: nanoseconds in the queue (first attempts only).
     pub(crate) fn started(&self, waited: Option<u64>) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.running.fetch_add(1, Ordering::AcqRel);
+        self.left_queue();
+        self.run_line.running.fetch_add(1, Ordering::AcqRel);
         if let Some(w) = waited {
             self.queue_wait.record_value(w);
         }
@@ -147,20 +170,18 @@ impl TierCounters {
     /// The worker is back from a run (or the run was declared a zombie).
     #[inline]
     pub(crate) fn stopped_running(&self) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.run_line.running.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A preempted restartable task went back into the queue.
     pub(crate) fn requeued(&self) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.restarts.add(1);
+        self.restarts.add_release();
     }
 
     /// A failed run will be retried after its backoff; it counts as
     /// queued meanwhile.
     pub(crate) fn retry_scheduled(&self) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.retries.add(1);
+        self.retries.add_release();
     }
 
     pub(crate) fn scaled_up(&self) {
@@ -213,11 +234,19 @@ impl TierCounters {
         self.preemptions.add(1);
     }
 
+    /// Tasks in the queue (or waiting out a retry's backoff): in minus
+    /// out. `out` is read first: every task counted out was counted in
+    /// before (a release increment the acquire load of `out` makes
+    /// visible), so the difference is never negative and, at a quiescent
+    /// point, exact.
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        let out = self.run_line.left_queue.load(Ordering::Acquire);
+        let into =
+            self.submitted.get_acquire() + self.restarts.get_acquire() + self.retries.get_acquire();
+        usize::try_from(into.saturating_sub(out)).unwrap_or(usize::MAX)
     }
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::Acquire)
+        self.run_line.running.load(Ordering::Acquire)
     }
 
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
