@@ -37,7 +37,7 @@ use crate::error::TaskError;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
 use crate::slot::{Settle, Slot, TaskResult};
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU64, AtomicU8, Mutex, Ordering};
 use crate::telemetry::TierCounters;
 
 /// A task's id, unique within the process.
@@ -88,6 +88,19 @@ impl TaskStatus {
     }
 }
 
+/// The lifecycle word of a task core: `state | attempt << 8`.
+fn life_word(state: u8, attempt: u32) -> u64 {
+    u64::from(state) | u64::from(attempt) << 8
+}
+
+fn life_state(life: u64) -> u8 {
+    (life & 0xff) as u8
+}
+
+fn life_attempt(life: u64) -> u32 {
+    (life >> 8) as u32
+}
+
 pub(crate) const QUEUED: u8 = 0;
 pub(crate) const RUNNING: u8 = 1;
 pub(crate) const ZOMBIE: u8 = 2;
@@ -117,9 +130,11 @@ pub(crate) struct TaskCoreOf<S: ?Sized> {
     /// When it was submitted, in nanoseconds on the clock's epoch
     /// ([`Clock::nanos`]).
     pub(crate) submitted: u64,
-    state: AtomicU8,
-    /// Bumped on every (re)start so the watchdog can tell a stale entry.
-    attempt: AtomicU32,
+    /// The lifecycle state (low byte: `QUEUED` ... `DISCARDED`) and the
+    /// attempt number above it, bumped on every (re)start so the watchdog
+    /// can tell a stale entry. One word: starting a task is one
+    /// compare-exchange that moves both.
+    life: AtomicU64,
     /// The running attempt's next watchdog deadline (nanoseconds past the
     /// watchdog's base instant; `u64::MAX`: none) and what it is for. Set
     /// by the worker at start, read by the watchdog's scan of the running
@@ -155,8 +170,7 @@ impl<S> TaskCoreOf<S> {
             opts,
             tier,
             submitted,
-            state: AtomicU8::new(QUEUED),
-            attempt: AtomicU32::new(0),
+            life: AtomicU64::new(QUEUED as u64),
             watch_at: AtomicU64::new(u64::MAX),
             watch_phase: AtomicU8::new(0),
             run_start: AtomicU64::new(0),
@@ -176,19 +190,44 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
     }
 
     pub(crate) fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+        life_state(self.life.load(Ordering::Acquire))
     }
 
-    /// QUEUED → RUNNING; returns the attempt number.
+    /// QUEUED → RUNNING with the next attempt number, which it returns.
     pub(crate) fn start(&self) -> Option<u32> {
-        self.state
-            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        Some(self.attempt.fetch_add(1, Ordering::AcqRel) + 1)
+        // Tried first without a load: a first attempt is the usual case,
+        // and a load then a compare-exchange would fetch the submitter's
+        // line twice (shared, then exclusive). A miss returns the word.
+        let mut life = life_word(QUEUED, 0);
+        loop {
+            if life_state(life) != QUEUED {
+                return None;
+            }
+            let attempt = life_attempt(life) + 1;
+            match self.life.compare_exchange_weak(
+                life,
+                life_word(RUNNING, attempt),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(attempt),
+                Err(now) => life = now,
+            }
+        }
     }
 
     pub(crate) fn attempt(&self) -> u32 {
-        self.attempt.load(Ordering::Acquire)
+        life_attempt(self.life.load(Ordering::Acquire))
+    }
+
+    /// Moves the state `from` → `to` (the attempt kept); `false` if it
+    /// was not in `from`.
+    fn move_state(&self, from: u8, to: u8) -> bool {
+        self.life
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |life| {
+                (life_state(life) == from).then(|| life_word(to, life_attempt(life)))
+            })
+            .is_ok()
     }
 
     /// Sets the running attempt's next watchdog deadline (see `watch_at`).
@@ -225,17 +264,25 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
 
     /// RUNNING → ZOMBIE if still running that attempt.
     pub(crate) fn mark_zombie(&self, attempt: u32) -> bool {
-        self.attempt() == attempt
-            && self
-                .state
-                .compare_exchange(RUNNING, ZOMBIE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        self.life
+            .compare_exchange(
+                life_word(RUNNING, attempt),
+                life_word(ZOMBIE, attempt),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// The worker is back from the closure: RUNNING|ZOMBIE → DONE; returns
     /// the state it left.
     pub(crate) fn finish(&self) -> u8 {
-        self.state.swap(DONE, Ordering::AcqRel)
+        let left = self
+            .life
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |life| {
+                Some(life_word(DONE, life_attempt(life)))
+            });
+        life_state(left.unwrap_or_else(|l| l))
     }
 
     /// Puts a preempted restartable task back to QUEUED with a fresh token.
@@ -246,7 +293,9 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
         }
         // The previous run has returned: nobody reads the old reason.
         self.token.reset();
-        self.state.store(QUEUED, Ordering::Release);
+        let attempt = self.attempt();
+        self.life
+            .store(life_word(QUEUED, attempt), Ordering::Release);
         true
     }
 
@@ -259,11 +308,7 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
     /// QUEUED → DISCARDED, settling as cancelled (invariant 2). `true` if
     /// this call discarded it.
     pub(crate) fn discard(&self, reason: CancelReason) -> bool {
-        if self
-            .state
-            .compare_exchange(QUEUED, DISCARDED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.move_state(QUEUED, DISCARDED) {
             return false;
         }
         self.counters.dequeued();
@@ -497,7 +542,7 @@ fn finish_run<T, E>(
             Err(TaskError::Panicked(msg))
         }
     };
-    match slot.settle(result, &ctx.core.counters) {
+    match slot.settle(result, &ctx.job.core.counters) {
         Ok(_) => RunEnd::Settled,
         Err(late) => {
             drop(late);
@@ -535,7 +580,9 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct TaskContext {
-    core: Arc<TaskCore>,
+    /// The job itself, moved in for the run and handed back after it (no
+    /// reference count traffic on the task's core per run).
+    job: Job,
     started: Instant,
     clock: Clock,
     attempt: u32,
@@ -552,14 +599,14 @@ struct RunMemory {
 
 impl TaskContext {
     pub(crate) fn new(
-        core: Arc<TaskCore>,
+        job: Job,
         started: Instant,
         clock: Clock,
         attempt: u32,
         memory_budget: Option<u64>,
     ) -> Self {
         TaskContext {
-            core,
+            job,
             started,
             clock,
             attempt,
@@ -629,7 +676,7 @@ impl TaskContext {
         if held > budget {
             tlog!(warn, target: "tierpool::task", "task {} on {} holds {held} B, over its memory budget of {budget} B: cancelled",
                 self.id(), self.tier());
-            self.core.cancel(CancelReason::Memory);
+            self.job.core.cancel(CancelReason::Memory);
         }
     }
 
@@ -640,22 +687,22 @@ impl TaskContext {
 
     /// This task's id.
     pub fn id(&self) -> TaskId {
-        self.core.id
+        self.job.core.id
     }
 
     /// The user key it was submitted with, if any.
     pub fn user(&self) -> Option<&str> {
-        self.core.opts.user.as_deref()
+        self.job.core.opts.user.as_deref()
     }
 
     /// Its priority.
     pub fn priority(&self) -> Priority {
-        self.core.opts.priority
+        self.job.core.opts.priority
     }
 
     /// The tier it runs on (`"ui"`, `"background"`, `"realtime"`).
     pub fn tier(&self) -> &'static str {
-        self.core.tier
+        self.job.core.tier
     }
 
     /// Which run this is: 1, or more after a restart from preemption.
@@ -666,12 +713,12 @@ impl TaskContext {
     /// Whether the task has been asked to stop.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.core.token().is_cancelled()
+        self.job.core.token().is_cancelled()
     }
 
     /// Why it was asked to stop, if it was.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        self.core.token().reason()
+        self.job.core.token().reason()
     }
 
     /// `Err(Cancelled)` once the task has been asked to stop: call it
@@ -685,7 +732,7 @@ impl TaskContext {
         if let Some(budget) = self.memory.budget {
             self.enforce_budget(budget);
         }
-        match self.core.token().reason() {
+        match self.job.core.token().reason() {
             None => Ok(()),
             Some(r) => Err(Cancelled::new(r)),
         }
@@ -693,7 +740,7 @@ impl TaskContext {
 
     /// When the task will be timed out, if it has a timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        self.started.checked_add(self.core.opts.timeout?)
+        self.started.checked_add(self.job.core.opts.timeout?)
     }
 
     /// Time left before the timeout (zero once past it).
@@ -705,17 +752,22 @@ impl TaskContext {
     /// When the task was submitted (on the runtime's clock).
     pub fn submitted_at(&self) -> Instant {
         self.clock
-            .instant_at(self.core.submitted)
+            .instant_at(self.job.core.submitted)
             .unwrap_or(self.started)
     }
 
     pub(crate) fn core(&self) -> &TaskCore {
-        &self.core
+        &self.job.core
+    }
+
+    /// Ends the run: the job back, for the worker to settle or requeue.
+    pub(crate) fn into_job(self) -> Job {
+        self.job
     }
 
     /// Whether a retry could still be queued (the runtime is not stopping).
     pub(crate) fn can_retry(&self) -> bool {
-        self.core.pool().is_some_and(|p| p.accepts_retries())
+        self.job.core.pool().is_some_and(|p| p.accepts_retries())
     }
 
     /// The runtime's clock.
@@ -730,14 +782,14 @@ impl TaskContext {
     pub fn sleep(&self, d: Duration) -> Result<(), Cancelled> {
         self.checkpoint()?;
         let until = self.clock.deadline_after(d);
-        self.core.token().wait_until(&self.clock, until)
+        self.job.core.token().wait_until(&self.clock, until)
     }
 
     /// Sleeps until `at` on the runtime's clock, waking early (with `Err`)
     /// if the task is cancelled. Checks the memory budget first.
     pub fn sleep_until(&self, at: Instant) -> Result<(), Cancelled> {
         self.checkpoint()?;
-        self.core.token().wait_until(&self.clock, Some(at))
+        self.job.core.token().wait_until(&self.clock, Some(at))
     }
 }
 

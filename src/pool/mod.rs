@@ -44,8 +44,12 @@ use config::{TierConfig, MAX_WORKERS_LIMIT};
 const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
 
 /// How many spent task cores may wait for a submitter to free them (see
-/// `PoolShared::return_spent`); past it a worker frees them itself.
-const SPENT_CAPACITY: usize = 64;
+/// `PoolShared::return_spent`): a level's queue capacity, within these
+/// bounds. A blocked submitter sleeps until half a queue has drained, so
+/// that many come back meanwhile; past the capacity a worker frees them
+/// itself, and an idle worker frees what is left (nothing is kept for a
+/// submitter that does not come back).
+const SPENT_CAPACITY: (usize, usize) = (64, 4096);
 
 use gate::{Gate, OPEN, STOPPING};
 
@@ -190,7 +194,11 @@ impl PoolShared {
         let replacements = config.max_zombie_replacements.min(MAX_WORKERS_LIMIT);
         let bell_cap = (config.max_workers + replacements) * 4 + 64;
         let (bell_tx, bell_rx) = bounded(bell_cap);
-        let (spent_tx, spent_rx) = bounded(SPENT_CAPACITY);
+        let (spent_tx, spent_rx) = bounded(
+            config
+                .queue_capacity
+                .clamp(SPENT_CAPACITY.0, SPENT_CAPACITY.1),
+        );
         Arc::new_cyclic(|weak| PoolShared {
             queue: PriorityQueue::new(
                 config.queue_capacity,

@@ -64,6 +64,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         // IDLE: announce, look once more (the submitter may have missed
         // us), then block.
         last_end = None;
+        pool.free_spent();
         if !slot.idle.load(Ordering::Relaxed) {
             slot.idle.store(true, Ordering::Relaxed);
             pool.idle.fetch_add(1, Ordering::SeqCst);
@@ -85,7 +86,9 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
 
 impl WorkerSlot {
     fn set_busy(&self, pool: &PoolShared) {
-        if self.idle.swap(false, Ordering::Relaxed) {
+        // A load first: a worker going from task to task is not idle, and
+        // the swap would be a locked instruction per task.
+        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::Relaxed) {
             pool.idle.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -226,7 +229,8 @@ impl PoolShared {
     }
 
     fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<(Instant, u64)>) -> After {
-        // Borrowed, not cloned: the job holds the core until its arm below.
+        // Borrowed, not cloned: the job holds the core, and moves into the
+        // task's context for the run.
         let core = &job.core;
         // A worker going straight from one task to the next reuses the
         // previous task's end as this one's start: one clock read per task
@@ -267,21 +271,22 @@ impl PoolShared {
             self.watchdog.watch_run(core, start_n);
         }
         let ctx = TaskContext::new(
-            core.clone(),
+            job,
             start,
             self.clock.clone(),
             attempt,
             self.config.memory_budget,
         );
-        let end = if ctx.is_cancelled() && core.slot.outcome().is_some() {
+        let end = if ctx.is_cancelled() && ctx.core().slot.outcome().is_some() {
             RunEnd::Late
         } else {
-            core.slot.run(&ctx)
+            ctx.core().slot.run(&ctx)
         };
         if crate::alloc::CountingAllocator::is_active() {
             self.counters.allocated(ctx.run_bytes());
         }
-        drop(ctx);
+        let job = ctx.into_job();
+        let core = &job.core;
         let finished = self.clock.now();
         let finished_n = self.clock.nanos(finished);
         *now = Some((finished, finished_n));
@@ -353,6 +358,12 @@ impl PoolShared {
         if Arc::strong_count(&job.core) == 1 && job.core.slot.light() {
             let _ = self.spent_tx.try_send(job);
         }
+    }
+
+    /// Frees the spent cores no submitter came for (a worker going idle:
+    /// no submitter is allocating against it now).
+    fn free_spent(&self) {
+        while self.spent_rx.try_recv().is_ok() {}
     }
 
     /// Puts a preempted restartable task back in its queue.
