@@ -37,7 +37,7 @@ use crate::error::TaskError;
 use crate::pool::PoolShared;
 use crate::priority::Priority;
 use crate::slot::{Settle, Slot, TaskResult};
-use crate::sync::{Arc, AtomicU64, AtomicU8, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 use crate::telemetry::TierCounters;
 
 /// A task's id, unique within the process.
@@ -88,6 +88,28 @@ impl TaskStatus {
     }
 }
 
+/// No watchdog deadline (see `TaskCoreOf::watch`).
+pub(crate) const NO_WATCH: u64 = u64::MAX;
+
+/// Deadlines are nanoseconds past the clock's epoch in the low 61 bits of
+/// a watch word (73 years: beyond that a deadline is "never"), the phase
+/// code in the 3 bits above.
+const WATCH_AT_MAX: u64 = (1 << 61) - 1;
+
+/// The watch word for a deadline `at` (nanoseconds past the clock's
+/// epoch) of `phase` (a code below 8).
+pub(crate) fn watch_word(at: u64, phase: u8) -> u64 {
+    if at >= WATCH_AT_MAX {
+        return NO_WATCH;
+    }
+    u64::from(phase & 7) << 61 | at
+}
+
+/// `(deadline, phase)` of a watch word; `None` for `NO_WATCH`.
+pub(crate) fn watch_parts(word: u64) -> Option<(u64, u8)> {
+    (word != NO_WATCH).then_some((word & WATCH_AT_MAX, (word >> 61) as u8))
+}
+
 /// The lifecycle word of a task core: `state | attempt << 8`.
 fn life_word(state: u8, attempt: u32) -> u64 {
     u64::from(state) | u64::from(attempt) << 8
@@ -135,12 +157,14 @@ pub(crate) struct TaskCoreOf<S: ?Sized> {
     /// can tell a stale entry. One word: starting a task is one
     /// compare-exchange that moves both.
     life: AtomicU64,
-    /// The running attempt's next watchdog deadline (nanoseconds past the
-    /// watchdog's base instant; `u64::MAX`: none) and what it is for. Set
-    /// by the worker at start, read by the watchdog's scan of the running
-    /// tasks (see `watchdog.rs`): no per-task heap entry or lock.
-    watch_at: AtomicU64,
-    watch_phase: AtomicU8,
+    /// The running attempt's next watchdog deadline and what it is for, in
+    /// one word (see [`watch_word`]). Set by the worker at start and
+    /// cleared at the end, read by the watchdog's scan of the running
+    /// tasks (see `watchdog.rs`): no per-task heap entry or lock. The
+    /// watchdog moves it on (warning → timeout → zombie) only by a
+    /// compare-exchange from the word it read, so it never writes over a
+    /// deadline the worker cleared or set for a later attempt.
+    watch: AtomicU64,
     run_start: AtomicU64,
     token: TokenCell,
     /// `None` from the start for a tier without limits (nothing to give
@@ -171,8 +195,7 @@ impl<S> TaskCoreOf<S> {
             tier,
             submitted,
             life: AtomicU64::new(QUEUED as u64),
-            watch_at: AtomicU64::new(u64::MAX),
-            watch_phase: AtomicU8::new(0),
+            watch: AtomicU64::new(NO_WATCH),
             run_start: AtomicU64::new(0),
             token: TokenCell::default(),
             held: permit.is_some(),
@@ -230,13 +253,29 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
             .is_ok()
     }
 
-    /// Sets the running attempt's next watchdog deadline (see `watch_at`).
+    /// Sets the running attempt's next watchdog deadline (the worker, at
+    /// the start of a run; see `watch`).
     #[inline]
     pub(crate) fn set_watch(&self, at: u64, phase: u8) {
-        self.watch_phase.store(phase, Ordering::Release);
         // SeqCst: pairs with the watchdog's reset of its planned wake-up
-        // before it scans (see `Watchdog::watch_run`).
-        self.watch_at.store(at, Ordering::SeqCst);
+        // before it scans (see `Watchdog::watch_run`). A swap rather than a
+        // store (the same `xchg` on x86): loom lets a plain store fall
+        // between the read and the write of the watchdog's
+        // compare-exchange (tokio-rs/loom#254), which no hardware does.
+        self.watch.swap(watch_word(at, phase), Ordering::SeqCst);
+    }
+
+    /// Moves the watch on from the word `seen` (the watchdog, after firing
+    /// a phase): `false` if the run has cleared or replaced it since.
+    pub(crate) fn replace_watch(&self, seen: u64, at: u64, phase: u8) -> bool {
+        self.watch
+            .compare_exchange(
+                seen,
+                watch_word(at, phase),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     pub(crate) fn set_run_start(&self, start: u64) {
@@ -245,21 +284,32 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
 
     /// Clears the deadline when a run ends. Release is enough: a deadline
     /// removed late is only a stale one the watchdog ignores (the attempt
-    /// and state checks), never a missed one.
+    /// and state checks), never a missed one. A swap for loom's sake, as in
+    /// `set_watch`.
     #[inline]
     pub(crate) fn clear_watch(&self) {
-        if self.watch_at.load(Ordering::Relaxed) != u64::MAX {
-            self.watch_at.store(u64::MAX, Ordering::Release);
+        if self.watch.load(Ordering::Relaxed) != NO_WATCH {
+            self.watch.swap(NO_WATCH, Ordering::Release);
         }
     }
 
-    /// `(deadline, phase, run start)` of the running attempt.
-    pub(crate) fn watch(&self) -> (u64, u8, u64) {
-        (
-            self.watch_at.load(Ordering::SeqCst),
-            self.watch_phase.load(Ordering::Acquire),
-            self.run_start.load(Ordering::Acquire),
-        )
+    /// `(attempt, watch word, run start)` of the running attempt, read so
+    /// that the word belongs to that attempt (or is `NO_WATCH`): the
+    /// attempt is read before and after the word, and again if a restart
+    /// came between. A worker clears its word before the next attempt
+    /// begins and sets the new one after, so a word read between two equal
+    /// attempt reads is that attempt's. `None` if the task kept
+    /// restarting under the reads (its new attempt plans itself).
+    pub(crate) fn watch(&self) -> Option<(u32, u64, u64)> {
+        for _ in 0..8 {
+            let attempt = self.attempt();
+            let word = self.watch.load(Ordering::SeqCst);
+            let start = self.run_start.load(Ordering::Acquire);
+            if self.attempt() == attempt {
+                return Some((attempt, word, start));
+            }
+        }
+        None
     }
 
     /// RUNNING → ZOMBIE if still running that attempt.
@@ -901,5 +951,124 @@ impl<T, E> fmt::Debug for TaskHandle<T, E> {
             .field("id", &self.id())
             .field("status", &self.status())
             .finish()
+    }
+}
+
+#[cfg(test)]
+fn test_core() -> Arc<TaskCore> {
+    let opts = TaskOptions {
+        priority: Priority::Normal,
+        user: None,
+        timeout: None,
+        warn_after: None,
+        queue_budget: None,
+        preemptible: false,
+        restartable: true,
+    };
+    Arc::new(TaskCoreOf::new(
+        opts,
+        "test",
+        0,
+        Typed::new(once_body(|_: &TaskContext| Ok::<(), ()>(()))),
+        None,
+        Arc::new(TierCounters::new()),
+    ))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_words_keep_deadline_and_phase_apart() {
+        for (at, phase) in [(0, 1), (1, 4), (WATCH_AT_MAX - 1, 7), (123_456_789, 3)] {
+            assert_eq!(watch_parts(watch_word(at, phase)), Some((at, phase)));
+        }
+        // Past 73 years a deadline is no deadline.
+        assert_eq!(watch_word(WATCH_AT_MAX, 2), NO_WATCH);
+        assert_eq!(watch_word(u64::MAX, 2), NO_WATCH);
+        assert_eq!(watch_parts(NO_WATCH), None);
+    }
+
+    /// The watchdog read attempt 1's warning, the run returned and a
+    /// restart began attempt 2 with its own deadline: the watchdog's
+    /// follow-up (attempt 1's timeout) must not land on attempt 2.
+    #[test]
+    fn a_follow_up_never_replaces_a_later_attempts_deadline() {
+        let core = test_core();
+        assert_eq!(core.start(), Some(1));
+        core.set_watch(100, 2);
+        let (attempt, seen, _) = core.watch().unwrap();
+        assert_eq!((attempt, watch_parts(seen)), (1, Some((100, 2))));
+        // The worker: run over, deadline cleared, restarted.
+        core.clear_watch();
+        core.finish();
+        assert!(core.requeue());
+        assert_eq!(core.start(), Some(2));
+        core.set_watch(500, 2);
+        // The watchdog's follow-up from what it saw fails.
+        assert!(!core.replace_watch(seen, 300, 3));
+        let (attempt, word, _) = core.watch().unwrap();
+        assert_eq!((attempt, watch_parts(word)), (2, Some((500, 2))));
+        // From the current word it succeeds.
+        assert!(core.replace_watch(word, 900, 3));
+        assert_eq!(watch_parts(core.watch().unwrap().1), Some((900, 3)));
+    }
+}
+
+/// loom models of the watch word (run by `.ci/loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_model;
+
+    /// The worker ends attempt 1 and starts attempt 2 while the watchdog
+    /// reads the watch and moves attempt 1's warning on to its timeout:
+    /// every read pairs a word with its own attempt, and attempt 2 always
+    /// ends with its own deadline.
+    #[test]
+    fn loom_watch_follow_up_vs_restart() {
+        loom_model(
+            "watch_follow_up_vs_restart",
+            |_| {},
+            || {
+                let core = test_core();
+                assert_eq!(core.start(), Some(1));
+                let w1 = watch_word(100, 2);
+                let w2 = watch_word(500, 2);
+                core.set_watch(100, 2);
+
+                let c = core.clone();
+                let worker = loom::thread::spawn(move || {
+                    c.clear_watch();
+                    c.finish();
+                    assert!(c.requeue());
+                    assert_eq!(c.start(), Some(2));
+                    c.set_watch(500, 2);
+                });
+
+                // The watchdog on a thread of its own too: loom does not
+                // preempt the model's main thread before it reads.
+                let c = core.clone();
+                let watchdog = loom::thread::spawn(move || {
+                    let Some((attempt, word, _)) = c.watch() else {
+                        return;
+                    };
+                    match attempt {
+                        1 => assert!(word == w1 || word == NO_WATCH, "attempt 1 with {word:#x}"),
+                        2 => assert!(word == w2 || word == NO_WATCH, "attempt 2 with {word:#x}"),
+                        a => panic!("attempt {a}"),
+                    }
+                    // Fire the warning as the watchdog does: only for a run
+                    // still running that attempt, then move the word on.
+                    if word == w1 && c.state() == RUNNING && c.attempt() == 1 {
+                        c.replace_watch(word, 300, 3);
+                    }
+                });
+                watchdog.join().unwrap();
+                worker.join().unwrap();
+                assert_eq!(core.watch().map(|w| (w.0, w.1)), Some((2, w2)));
+            },
+        );
     }
 }

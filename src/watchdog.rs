@@ -49,6 +49,14 @@
 //!
 //! - *Completion vs timeout*: both settle the outcome slot; the first wins
 //!   (see `slot.rs`), the other's value is dropped and counted late.
+//! - *Follow-up vs restart*: after firing a warning or a timeout found by
+//!   a scan, the watchdog moves the task's watch word on to the next phase
+//!   by compare-exchange from the word it read. A run that returned meanwhile
+//!   has cleared the word, and a restarted attempt has set its own, so the
+//!   exchange fails and the later attempt keeps its deadline (it used to be
+//!   a plain store, which could give a restarted run its previous attempt's
+//!   timeout). The scan reads a task's attempt before and after its word, so
+//!   a word is never paired with another attempt.
 //! - *Zombie mark vs the task returning*: the worker's `finish` swap and
 //!   the watchdog's `mark_zombie` compare-and-swap order them; the zombie
 //!   bookkeeping happens under the tier's thread lock so a returning
@@ -63,7 +71,7 @@ use crate::cancel::CancelReason;
 use crate::clock::Clock;
 use crate::pool::PoolShared;
 use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, Weak};
-use crate::task::{TaskCore, QUEUED, RUNNING};
+use crate::task::{watch_parts, TaskCore, QUEUED, RUNNING};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -306,6 +314,16 @@ impl Shared {
         }
     }
 
+    /// The watchdog's follow-up for a run it found due in a scan: its watch
+    /// word moves from `seen` to the next phase's deadline (`NEVER`: none),
+    /// unless the run cleared or replaced the word meanwhile (it returned,
+    /// or a later attempt began: that attempt's own deadline stands).
+    fn replan(&self, core: &TaskCore, seen: u64, at: u64, phase: Phase) {
+        if core.replace_watch(seen, at, phase.code()) && at != NEVER {
+            self.planned.fetch_min(at, Ordering::SeqCst);
+        }
+    }
+
     /// Fires what is due among the running tasks of every tier, then plans
     /// the next wake-up.
     fn scan(&self) {
@@ -317,24 +335,28 @@ impl Shared {
         let mut next = NEVER;
         for pool in &pools {
             pool.for_each_running(|core| {
-                let attempt = core.attempt();
-                let (at, phase, start) = core.watch();
+                let Some((attempt, word, start)) = core.watch() else {
+                    return;
+                };
+                let Some((at, phase)) = watch_parts(word) else {
+                    return;
+                };
                 if at <= now {
-                    due.push((core.clone(), attempt, phase, start));
+                    due.push((core.clone(), attempt, word, phase, start));
                 } else {
                     next = next.min(at);
                 }
             });
         }
         self.planned.fetch_min(next, Ordering::SeqCst);
-        for (core, attempt, phase, start) in due {
+        for (core, attempt, word, phase, start) in due {
             let (Some(phase), Some(start)) = (Phase::from_code(phase), self.instant(start)) else {
                 continue;
             };
             // As for heap entries: a panic while firing (a log sink) must
             // not kill the thread every timeout depends on.
             let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.fire_phase(&core, phase, attempt, start, true)
+                self.fire_phase(&core, phase, attempt, start, Some(word))
             }));
             if fired.is_err() {
                 eprintln!("tierpool: the watchdog caught a panic while firing a deadline; it keeps running");
@@ -443,19 +465,20 @@ impl Shared {
         let Some(core) = task.upgrade() else {
             return;
         };
-        self.fire_phase(&core, phase, attempt, start, false);
+        self.fire_phase(&core, phase, attempt, start, None);
     }
 
-    /// One phase of a task's life is due. `scanned`: it came from the scan
-    /// of running tasks (follow-ups are planned the same way) rather than
-    /// from the heap.
+    /// One phase of a task's life is due. `scanned`: the watch word it was
+    /// read from, when it came from the scan of running tasks (follow-ups
+    /// are then planned in the same word, replacing exactly that word)
+    /// rather than from the heap.
     fn fire_phase(
         &self,
         core: &Arc<TaskCore>,
         phase: Phase,
         attempt: u32,
         start: Instant,
-        scanned: bool,
+        scanned: Option<u64>,
     ) {
         let e = Fired { attempt, start };
         match phase {
@@ -482,11 +505,16 @@ impl Shared {
                     });
                 tlog!(warn, target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
-                match core.opts.timeout.and_then(|t| e.start.checked_add(t)) {
-                    Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Timeout),
-                    Some(at) => self.push(at, Phase::Timeout, core, e.attempt, e.start),
-                    None if scanned => core.set_watch(NEVER, 0),
-                    None => {}
+                match (
+                    core.opts.timeout.and_then(|t| e.start.checked_add(t)),
+                    scanned,
+                ) {
+                    (Some(at), Some(seen)) => {
+                        self.replan(core, seen, self.nanos(at), Phase::Timeout)
+                    }
+                    (Some(at), None) => self.push(at, Phase::Timeout, core, e.attempt, e.start),
+                    (None, Some(seen)) => self.replan(core, seen, NEVER, Phase::Timeout),
+                    (None, None) => {}
                 }
             }
             Phase::Timeout => {
@@ -505,10 +533,13 @@ impl Shared {
                 // cancelled (timeout), not win it as `Failed`.
                 let won = core.settle_cancelled(CancelReason::Timeout);
                 core.token().cancel(CancelReason::Timeout);
-                match at {
-                    Some(at) if scanned => self.plan(core, self.nanos(at), Phase::Zombie),
-                    Some(at) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
-                    None => {}
+                match (at, scanned) {
+                    (Some(at), Some(seen)) => {
+                        self.replan(core, seen, self.nanos(at), Phase::Zombie)
+                    }
+                    (Some(at), None) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
+                    (None, Some(seen)) => self.replan(core, seen, NEVER, Phase::Zombie),
+                    (None, None) => {}
                 }
                 // Logged last: a log sink that fails must not leave the
                 // task uncancelled.
@@ -525,8 +556,8 @@ impl Shared {
                 }
             }
             Phase::Zombie => {
-                if scanned {
-                    core.set_watch(NEVER, 0);
+                if let Some(seen) = scanned {
+                    self.replan(core, seen, NEVER, Phase::Zombie);
                 }
                 if let Some(pool) = core.pool() {
                     pool.declare_zombie(core, e.attempt);
