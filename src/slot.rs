@@ -159,6 +159,10 @@ pub(crate) trait Settle: Send + Sync {
     /// value with a destructor): such a core may be freed later, on
     /// another thread (see `PoolShared::return_spent`).
     fn light(&self) -> bool;
+    /// Drops the body (the closure and what it captured) now, for a task
+    /// that settled without its body running: its captures must not
+    /// outlive the run's end (see `PoolShared::return_spent`).
+    fn drop_body(&self);
     /// Runs one attempt of the task's body (the worker, only).
     fn run(&self, ctx: &crate::task::TaskContext) -> crate::task::RunEnd;
 }

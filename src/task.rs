@@ -529,6 +529,11 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
         !std::mem::needs_drop::<T>() && !std::mem::needs_drop::<E>()
     }
 
+    fn drop_body(&self) {
+        let body = self.body.lock().take();
+        drop(body);
+    }
+
     fn run(&self, ctx: &TaskContext) -> RunEnd {
         // Only the worker running the task takes this lock.
         let mut body = self.body.lock();

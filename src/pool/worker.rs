@@ -278,6 +278,9 @@ impl PoolShared {
             self.config.memory_budget,
         );
         let end = if ctx.is_cancelled() && ctx.core().slot.outcome().is_some() {
+            // Settled before its body started: the closure goes now, as it
+            // would after a run (its captures may report on drop).
+            ctx.core().slot.drop_body();
             RunEnd::Late
         } else {
             ctx.core().slot.run(&ctx)
