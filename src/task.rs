@@ -91,23 +91,34 @@ impl TaskStatus {
 /// No watchdog deadline (see `TaskCoreOf::watch`).
 pub(crate) const NO_WATCH: u64 = u64::MAX;
 
-/// Deadlines are nanoseconds past the clock's epoch in the low 61 bits of
-/// a watch word (73 years: beyond that a deadline is "never"), the phase
-/// code in the 3 bits above.
-const WATCH_AT_MAX: u64 = (1 << 61) - 1;
+/// A watch word keeps its deadline in 8 ns units, rounded up (a deadline
+/// fires at most 7 ns late, never early), in its low 61 bits — the whole
+/// range of [`Clock::nanos`], 584 years — and the phase code in the 3 bits
+/// above. The word carries no attempt number: two attempts of one task
+/// whose words are equal (same start, same phase: a manual clock that did
+/// not move) are one to the watchdog's compare-exchange, which then moves
+/// the later attempt on to the same timeout it would have had anyway,
+/// skipping only its warning.
+const WATCH_UNITS_MAX: u64 = (1 << 61) - 1;
+const WATCH_UNIT_NANOS: u64 = 8;
 
 /// The watch word for a deadline `at` (nanoseconds past the clock's
-/// epoch) of `phase` (a code below 8).
+/// epoch; `u64::MAX`: none) of `phase` (a code below 7).
 pub(crate) fn watch_word(at: u64, phase: u8) -> u64 {
-    if at >= WATCH_AT_MAX {
+    if at == u64::MAX {
         return NO_WATCH;
     }
-    u64::from(phase & 7) << 61 | at
+    let units = at.div_ceil(WATCH_UNIT_NANOS).min(WATCH_UNITS_MAX);
+    u64::from(phase.min(6)) << 61 | units
 }
 
-/// `(deadline, phase)` of a watch word; `None` for `NO_WATCH`.
+/// `(deadline in nanoseconds, phase)` of a watch word; `None` for
+/// `NO_WATCH`.
 pub(crate) fn watch_parts(word: u64) -> Option<(u64, u8)> {
-    (word != NO_WATCH).then_some((word & WATCH_AT_MAX, (word >> 61) as u8))
+    (word != NO_WATCH).then_some((
+        (word & WATCH_UNITS_MAX) * WATCH_UNIT_NANOS,
+        (word >> 61) as u8,
+    ))
 }
 
 /// The lifecycle word of a task core: `state | attempt << 8`.
@@ -986,11 +997,19 @@ mod tests {
 
     #[test]
     fn watch_words_keep_deadline_and_phase_apart() {
-        for (at, phase) in [(0, 1), (1, 4), (WATCH_AT_MAX - 1, 7), (123_456_789, 3)] {
+        for (at, phase) in [(0, 1), (8, 4), (123_456_784, 3), (1 << 63, 2)] {
             assert_eq!(watch_parts(watch_word(at, phase)), Some((at, phase)));
         }
-        // Past 73 years a deadline is no deadline.
-        assert_eq!(watch_word(WATCH_AT_MAX, 2), NO_WATCH);
+        // Rounded up to 8 ns: late by at most 7 ns, never early.
+        assert_eq!(watch_parts(watch_word(1, 2)), Some((8, 2)));
+        assert_eq!(
+            watch_parts(watch_word(123_456_789, 2)),
+            Some((123_456_792, 2))
+        );
+        // Deadlines up to the end of the clock's range keep their phase.
+        let far = u64::MAX - 1;
+        let (at, phase) = watch_parts(watch_word(far, 4)).unwrap();
+        assert!(at >= far - 7 && phase == 4, "{at} {phase}");
         assert_eq!(watch_word(u64::MAX, 2), NO_WATCH);
         assert_eq!(watch_parts(NO_WATCH), None);
     }
@@ -1002,22 +1021,22 @@ mod tests {
     fn a_follow_up_never_replaces_a_later_attempts_deadline() {
         let core = test_core();
         assert_eq!(core.start(), Some(1));
-        core.set_watch(100, 2);
+        core.set_watch(800, 2);
         let (attempt, seen, _) = core.watch().unwrap();
-        assert_eq!((attempt, watch_parts(seen)), (1, Some((100, 2))));
+        assert_eq!((attempt, watch_parts(seen)), (1, Some((800, 2))));
         // The worker: run over, deadline cleared, restarted.
         core.clear_watch();
         core.finish();
         assert!(core.requeue());
         assert_eq!(core.start(), Some(2));
-        core.set_watch(500, 2);
+        core.set_watch(5000, 2);
         // The watchdog's follow-up from what it saw fails.
-        assert!(!core.replace_watch(seen, 300, 3));
+        assert!(!core.replace_watch(seen, 3000, 3));
         let (attempt, word, _) = core.watch().unwrap();
-        assert_eq!((attempt, watch_parts(word)), (2, Some((500, 2))));
+        assert_eq!((attempt, watch_parts(word)), (2, Some((5000, 2))));
         // From the current word it succeeds.
-        assert!(core.replace_watch(word, 900, 3));
-        assert_eq!(watch_parts(core.watch().unwrap().1), Some((900, 3)));
+        assert!(core.replace_watch(word, 9000, 3));
+        assert_eq!(watch_parts(core.watch().unwrap().1), Some((9000, 3)));
     }
 }
 

@@ -437,3 +437,30 @@ fn join_timeout_and_try_result_hand_the_handle_back() {
     assert_eq!(quick.join_timeout(Duration::MAX).unwrap().unwrap(), 5);
     assert_quiescent(&rt);
 }
+
+/// Regression (found in review): deadlines far past the clock's epoch
+/// (here a manual clock 80 years on) are still enforced — the watchdog's
+/// packed deadline word covers the clock's whole range.
+#[test]
+fn a_timeout_fires_eighty_years_past_the_epoch() {
+    let m = ManualClock::new();
+    m.advance(Duration::from_secs(80 * 365 * 24 * 3600));
+    let rt = manual_rt(&m);
+    let far = m.now() + Duration::from_secs(3600);
+    let (entered_tx, entered) = mpsc::channel();
+    let h = rt
+        .background()
+        .task(move |ctx| {
+            entered_tx.send(()).unwrap();
+            ctx.sleep_until(far).map(|_| "slept")
+        })
+        .timeout(Duration::from_secs(5))
+        .submit()
+        .unwrap();
+    entered.recv_timeout(WAIT).unwrap();
+    m.advance(Duration::from_secs(6));
+    // A real-time bound (`join_timeout` would wait on the manual clock).
+    wait("the timeout fired", || h.status().is_terminal());
+    let e = h.join().unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+}

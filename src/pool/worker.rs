@@ -381,8 +381,13 @@ impl PoolShared {
         // Reserve first, so a full level never leaves the task QUEUED but
         // outside the queue (its `Job` drop would then count it dequeued).
         if self.gate.state() == super::OPEN && self.reserve(level) {
+            // Counted into the queue before it is QUEUED again: a cancel
+            // that discards it at once counts it out after (see
+            // `TierCounters::queued`).
+            self.counters.requeued();
             requeued = core.requeue();
             if !requeued {
+                self.counters.requeue_undone();
                 self.unreserve(level);
             }
         }
@@ -393,7 +398,6 @@ impl PoolShared {
             core.release_permit();
             return;
         }
-        self.counters.requeued();
         self.push_reserved(core.opts.priority, Work::Task(job));
         self.ring(1);
     }
@@ -403,14 +407,16 @@ impl PoolShared {
     /// flight) and counts as queued meanwhile.
     fn retry_later(&self, job: Job, backoff: std::time::Duration) {
         let core = job.core.clone();
+        // Counted in first, as in `restart`.
+        self.counters.retry_scheduled();
         if !(self.accepts_retries() && core.requeue()) {
             // The body checked `can_retry` just before; only a shutdown
             // racing it lands here.
+            self.counters.retry_undone();
             core.settle_cancelled(CancelReason::Shutdown);
             core.release_permit();
             return;
         }
-        self.counters.retry_scheduled();
         self.schedule_retry(job, backoff);
     }
 

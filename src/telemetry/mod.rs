@@ -52,6 +52,9 @@ impl Counter {
     fn add_release(&self) {
         self.0.fetch_add(1, Ordering::Release);
     }
+    fn sub_release(&self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
     fn get_acquire(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -173,15 +176,26 @@ impl TierCounters {
         self.run_line.running.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A preempted restartable task went back into the queue.
+    /// A preempted restartable task goes back into the queue (counted
+    /// before it is marked queued again; see `queued`).
     pub(crate) fn requeued(&self) {
         self.restarts.add_release();
+    }
+
+    /// The re-queue counted by `requeued` did not happen after all.
+    pub(crate) fn requeue_undone(&self) {
+        self.restarts.sub_release();
     }
 
     /// A failed run will be retried after its backoff; it counts as
     /// queued meanwhile.
     pub(crate) fn retry_scheduled(&self) {
         self.retries.add_release();
+    }
+
+    /// The retry counted by `retry_scheduled` did not happen after all.
+    pub(crate) fn retry_undone(&self) {
+        self.retries.sub_release();
     }
 
     pub(crate) fn scaled_up(&self) {
@@ -235,10 +249,13 @@ impl TierCounters {
     }
 
     /// Tasks in the queue (or waiting out a retry's backoff): in minus
-    /// out. `out` is read first: every task counted out was counted in
-    /// before (a release increment the acquire load of `out` makes
-    /// visible), so the difference is never negative and, at a quiescent
-    /// point, exact.
+    /// out. Every task is counted in before it can be counted out — a
+    /// submit before its push, a restart or a retry before the task is
+    /// marked queued again — and `out` is read first, so the release
+    /// increments it saw had their count-ins made visible too: the
+    /// difference never drops below the truth. It can briefly exceed it
+    /// (a task counted in and out between the two reads, a re-queue
+    /// counted and then undone); at a quiescent point it is exact.
     pub(crate) fn queued(&self) -> usize {
         let out = self.run_line.left_queue.load(Ordering::Acquire);
         let into =
