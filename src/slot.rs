@@ -156,8 +156,9 @@ pub(crate) trait Settle: Send + Sync {
     /// The terminal status, once settled.
     fn outcome(&self) -> Option<TaskStatus>;
     /// Whether nothing in the settled outcome needs dropping (no user
-    /// value with a destructor): such a core may be freed later, on
-    /// another thread (see `PoolShared::return_spent`).
+    /// value with a destructor; see `Slot::keeps_nothing_to_drop`): such a
+    /// core may be freed later, on another thread (see
+    /// `PoolShared::return_spent`).
     fn light(&self) -> bool;
     /// Drops the body (the closure and what it captured) now, for a task
     /// that settled without its body running: its captures must not
@@ -178,6 +179,23 @@ impl<T, E> Slot<T, E> {
             .is_ok()
     }
 
+    /// Whether the settled slot holds no value whose drop could matter
+    /// where or when it runs (see `PoolShared::return_spent`): nothing
+    /// with a destructor of `T` or `E` in it. Decided by the types alone
+    /// when neither has one; otherwise by what the slot holds (a completed
+    /// `Result<(), String>` task keeps nothing of the `String` type).
+    pub(crate) fn keeps_nothing_to_drop(&self) -> bool {
+        if !std::mem::needs_drop::<T>() && !std::mem::needs_drop::<E>() {
+            return true;
+        }
+        match &*self.state.lock() {
+            SlotState::Pending => false,
+            SlotState::Ready(Ok(_)) => !std::mem::needs_drop::<T>(),
+            SlotState::Ready(Err(TaskError::Failed(_))) => !std::mem::needs_drop::<E>(),
+            SlotState::Ready(Err(_)) | SlotState::Taken(_) => true,
+        }
+    }
+
     pub(crate) fn outcome(&self) -> Option<TaskStatus> {
         match &*self.state.lock() {
             SlotState::Pending => None,
@@ -191,6 +209,33 @@ impl<T, E> Slot<T, E> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_slot_keeps_nothing_to_drop_unless_a_value_with_a_destructor_is_in_it() {
+        let c = TierCounters::new();
+        let plain: Slot<u32, ()> = Slot::new();
+        assert!(
+            plain.keeps_nothing_to_drop(),
+            "no destructor in either type"
+        );
+        let done: Slot<(), String> = Slot::new();
+        assert!(!done.keeps_nothing_to_drop(), "pending");
+        done.settle(Ok(()), &c).unwrap();
+        assert!(done.keeps_nothing_to_drop(), "completed with ()");
+        let failed: Slot<(), String> = Slot::new();
+        failed
+            .settle(Err(TaskError::Failed("x".into())), &c)
+            .unwrap();
+        assert!(!failed.keeps_nothing_to_drop(), "holds the String");
+        let _ = failed.take_wait();
+        assert!(failed.keeps_nothing_to_drop(), "taken by the handle");
+        let value: Slot<Vec<u8>, ()> = Slot::new();
+        value.settle(Ok(vec![1]), &c).unwrap();
+        assert!(!value.keeps_nothing_to_drop(), "holds the Vec");
+        let cancelled: Slot<Vec<u8>, String> = Slot::new();
+        assert!(cancelled.settle_cancelled(CancelReason::Caller, &c));
+        assert!(cancelled.keeps_nothing_to_drop(), "cancelled: no value");
+    }
 
     #[test]
     fn first_settle_wins_and_loser_is_handed_back() {

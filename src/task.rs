@@ -537,7 +537,7 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
     }
 
     fn light(&self) -> bool {
-        !std::mem::needs_drop::<T>() && !std::mem::needs_drop::<E>()
+        self.slot.keeps_nothing_to_drop()
     }
 
     fn drop_body(&self) {
