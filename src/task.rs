@@ -91,32 +91,33 @@ impl TaskStatus {
 /// No watchdog deadline (see `TaskCoreOf::watch`).
 pub(crate) const NO_WATCH: u64 = u64::MAX;
 
-/// A watch word keeps its deadline in 8 ns units, rounded up (a deadline
-/// fires at most 7 ns late, never early), in its low 61 bits — the whole
-/// range of [`Clock::nanos`], 584 years — and the phase code in the 3 bits
-/// above. The word carries no attempt number: two attempts of one task
-/// whose words are equal (same start, same phase: a manual clock that did
-/// not move) are one to the watchdog's compare-exchange, which then moves
-/// the later attempt on to the same timeout it would have had anyway,
-/// skipping only its warning.
-const WATCH_UNITS_MAX: u64 = (1 << 61) - 1;
-const WATCH_UNIT_NANOS: u64 = 8;
+/// A watch word keeps its deadline as nanoseconds after the run's start
+/// (exact, 61 bits: a deadline more than 73 years into one run is no
+/// deadline) and the phase code in the 3 bits above. Relative, because
+/// the clock's own nanoseconds need all 64 bits (a manual clock can be
+/// moved a century on). The word carries no attempt number: two attempts
+/// of one task whose words are equal (same start, same phase: a manual
+/// clock that did not move) are one to the watchdog's compare-exchange,
+/// which then moves the later attempt on to the same timeout it would have
+/// had anyway, skipping only its warning.
+const WATCH_AFTER_MAX: u64 = (1 << 61) - 1;
 
-/// The watch word for a deadline `at` (nanoseconds past the clock's
-/// epoch; `u64::MAX`: none) of `phase` (a code below 7).
-pub(crate) fn watch_word(at: u64, phase: u8) -> u64 {
-    if at == u64::MAX {
+/// The watch word for a deadline `at` of a run that started at `start`
+/// (both nanoseconds past the clock's epoch; `at == u64::MAX`: none) and
+/// of `phase` (a code below 7).
+pub(crate) fn watch_word(start: u64, at: u64, phase: u8) -> u64 {
+    let after = at.saturating_sub(start);
+    if at == u64::MAX || after > WATCH_AFTER_MAX {
         return NO_WATCH;
     }
-    let units = at.div_ceil(WATCH_UNIT_NANOS).min(WATCH_UNITS_MAX);
-    u64::from(phase.min(6)) << 61 | units
+    u64::from(phase.min(6)) << 61 | after
 }
 
-/// `(deadline in nanoseconds, phase)` of a watch word; `None` for
-/// `NO_WATCH`.
-pub(crate) fn watch_parts(word: u64) -> Option<(u64, u8)> {
+/// `(deadline, phase)` of a watch word of a run that started at `start`;
+/// `None` for `NO_WATCH`.
+pub(crate) fn watch_parts(word: u64, start: u64) -> Option<(u64, u8)> {
     (word != NO_WATCH).then_some((
-        (word & WATCH_UNITS_MAX) * WATCH_UNIT_NANOS,
+        start.saturating_add(word & WATCH_AFTER_MAX),
         (word >> 61) as u8,
     ))
 }
@@ -268,21 +269,25 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
     /// the start of a run; see `watch`).
     #[inline]
     pub(crate) fn set_watch(&self, at: u64, phase: u8) {
+        // The run's start, stored just before by this same thread.
+        let start = self.run_start.load(Ordering::Relaxed);
         // SeqCst: pairs with the watchdog's reset of its planned wake-up
         // before it scans (see `Watchdog::watch_run`). A swap rather than a
         // store (the same `xchg` on x86): loom lets a plain store fall
         // between the read and the write of the watchdog's
         // compare-exchange (tokio-rs/loom#254), which no hardware does.
-        self.watch.swap(watch_word(at, phase), Ordering::SeqCst);
+        self.watch
+            .swap(watch_word(start, at, phase), Ordering::SeqCst);
     }
 
-    /// Moves the watch on from the word `seen` (the watchdog, after firing
-    /// a phase): `false` if the run has cleared or replaced it since.
-    pub(crate) fn replace_watch(&self, seen: u64, at: u64, phase: u8) -> bool {
+    /// Moves the watch on from the word `seen` of the run that started at
+    /// `start` (the watchdog, after firing a phase, with what its scan read
+    /// together): `false` if the run has cleared or replaced it since.
+    pub(crate) fn replace_watch(&self, seen: u64, start: u64, at: u64, phase: u8) -> bool {
         self.watch
             .compare_exchange(
                 seen,
-                watch_word(at, phase),
+                watch_word(start, at, phase),
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             )
@@ -997,21 +1002,29 @@ mod tests {
 
     #[test]
     fn watch_words_keep_deadline_and_phase_apart() {
-        for (at, phase) in [(0, 1), (8, 4), (123_456_784, 3), (1 << 63, 2)] {
-            assert_eq!(watch_parts(watch_word(at, phase)), Some((at, phase)));
+        for (start, at, phase) in [
+            (0, 0, 1),
+            (5, 8, 4),
+            (3, 123_456_789, 3),
+            (1 << 63, (1 << 63) + 7, 2),
+        ] {
+            let w = watch_word(start, at, phase);
+            assert_eq!(
+                watch_parts(w, start),
+                Some((at, phase)),
+                "exact to the nanosecond"
+            );
         }
-        // Rounded up to 8 ns: late by at most 7 ns, never early.
-        assert_eq!(watch_parts(watch_word(1, 2)), Some((8, 2)));
+        // Far past the epoch (a manual clock moved on a century) is fine.
+        let start = u64::MAX - 10_000;
         assert_eq!(
-            watch_parts(watch_word(123_456_789, 2)),
-            Some((123_456_792, 2))
+            watch_parts(watch_word(start, start + 3, 2), start),
+            Some((start + 3, 2))
         );
-        // Deadlines up to the end of the clock's range keep their phase.
-        let far = u64::MAX - 1;
-        let (at, phase) = watch_parts(watch_word(far, 4)).unwrap();
-        assert!(at >= far - 7 && phase == 4, "{at} {phase}");
-        assert_eq!(watch_word(u64::MAX, 2), NO_WATCH);
-        assert_eq!(watch_parts(NO_WATCH), None);
+        // A deadline more than 73 years into one run is none.
+        assert_eq!(watch_word(0, 1 << 62, 2), NO_WATCH);
+        assert_eq!(watch_word(7, u64::MAX, 2), NO_WATCH);
+        assert_eq!(watch_parts(NO_WATCH, 0), None);
     }
 
     /// The watchdog read attempt 1's warning, the run returned and a
@@ -1021,22 +1034,25 @@ mod tests {
     fn a_follow_up_never_replaces_a_later_attempts_deadline() {
         let core = test_core();
         assert_eq!(core.start(), Some(1));
+        core.set_run_start(3);
         core.set_watch(800, 2);
-        let (attempt, seen, _) = core.watch().unwrap();
-        assert_eq!((attempt, watch_parts(seen)), (1, Some((800, 2))));
+        let (attempt, seen, start) = core.watch().unwrap();
+        assert_eq!((attempt, watch_parts(seen, start)), (1, Some((800, 2))));
         // The worker: run over, deadline cleared, restarted.
         core.clear_watch();
         core.finish();
         assert!(core.requeue());
         assert_eq!(core.start(), Some(2));
+        core.set_run_start(1001);
         core.set_watch(5000, 2);
         // The watchdog's follow-up from what it saw fails.
-        assert!(!core.replace_watch(seen, 3000, 3));
-        let (attempt, word, _) = core.watch().unwrap();
-        assert_eq!((attempt, watch_parts(word)), (2, Some((5000, 2))));
+        assert!(!core.replace_watch(seen, start, 3000, 3));
+        let (attempt, word, start) = core.watch().unwrap();
+        assert_eq!((attempt, watch_parts(word, start)), (2, Some((5000, 2))));
         // From the current word it succeeds.
-        assert!(core.replace_watch(word, 9000, 3));
-        assert_eq!(watch_parts(core.watch().unwrap().1), Some((9000, 3)));
+        assert!(core.replace_watch(word, start, 9000, 3));
+        let (_, word, start) = core.watch().unwrap();
+        assert_eq!(watch_parts(word, start), Some((9000, 3)));
     }
 }
 
@@ -1058,8 +1074,8 @@ mod loom_tests {
             || {
                 let core = test_core();
                 assert_eq!(core.start(), Some(1));
-                let w1 = watch_word(100, 2);
-                let w2 = watch_word(500, 2);
+                let w1 = watch_word(0, 100, 2);
+                let w2 = watch_word(0, 500, 2);
                 core.set_watch(100, 2);
 
                 let c = core.clone();
@@ -1086,7 +1102,7 @@ mod loom_tests {
                     // Fire the warning as the watchdog does: only for a run
                     // still running that attempt, then move the word on.
                     if word == w1 && c.state() == RUNNING && c.attempt() == 1 {
-                        c.replace_watch(word, 300, 3);
+                        c.replace_watch(word, 0, 300, 3);
                     }
                 });
                 watchdog.join().unwrap();

@@ -318,8 +318,8 @@ impl Shared {
     /// word moves from `seen` to the next phase's deadline (`NEVER`: none),
     /// unless the run cleared or replaced the word meanwhile (it returned,
     /// or a later attempt began: that attempt's own deadline stands).
-    fn replan(&self, core: &TaskCore, seen: u64, at: u64, phase: Phase) {
-        if core.replace_watch(seen, at, phase.code()) && at != NEVER {
+    fn replan(&self, core: &TaskCore, seen: u64, start: Instant, at: u64, phase: Phase) {
+        if core.replace_watch(seen, self.nanos(start), at, phase.code()) && at != NEVER {
             self.planned.fetch_min(at, Ordering::SeqCst);
         }
     }
@@ -338,7 +338,7 @@ impl Shared {
                 let Some((attempt, word, start)) = core.watch() else {
                     return;
                 };
-                let Some((at, phase)) = watch_parts(word) else {
+                let Some((at, phase)) = watch_parts(word, start) else {
                     return;
                 };
                 if at <= now {
@@ -510,10 +510,10 @@ impl Shared {
                     scanned,
                 ) {
                     (Some(at), Some(seen)) => {
-                        self.replan(core, seen, self.nanos(at), Phase::Timeout)
+                        self.replan(core, seen, e.start, self.nanos(at), Phase::Timeout)
                     }
                     (Some(at), None) => self.push(at, Phase::Timeout, core, e.attempt, e.start),
-                    (None, Some(seen)) => self.replan(core, seen, NEVER, Phase::Timeout),
+                    (None, Some(seen)) => self.replan(core, seen, e.start, NEVER, Phase::Timeout),
                     (None, None) => {}
                 }
             }
@@ -535,10 +535,10 @@ impl Shared {
                 core.token().cancel(CancelReason::Timeout);
                 match (at, scanned) {
                     (Some(at), Some(seen)) => {
-                        self.replan(core, seen, self.nanos(at), Phase::Zombie)
+                        self.replan(core, seen, e.start, self.nanos(at), Phase::Zombie)
                     }
                     (Some(at), None) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
-                    (None, Some(seen)) => self.replan(core, seen, NEVER, Phase::Zombie),
+                    (None, Some(seen)) => self.replan(core, seen, e.start, NEVER, Phase::Zombie),
                     (None, None) => {}
                 }
                 // Logged last: a log sink that fails must not leave the
@@ -557,7 +557,7 @@ impl Shared {
             }
             Phase::Zombie => {
                 if let Some(seen) = scanned {
-                    self.replan(core, seen, NEVER, Phase::Zombie);
+                    self.replan(core, seen, e.start, NEVER, Phase::Zombie);
                 }
                 if let Some(pool) = core.pool() {
                     pool.declare_zombie(core, e.attempt);

@@ -464,3 +464,29 @@ fn a_timeout_fires_eighty_years_past_the_epoch() {
     let e = h.join().unwrap_err();
     assert!(e.is_timeout(), "{e:?}");
 }
+
+/// Regression (found in review): a deadline that is not a round number of
+/// nanoseconds fires when a manual clock lands exactly on it.
+#[test]
+fn a_timeout_fires_exactly_at_an_odd_nanosecond_deadline() {
+    let m = ManualClock::new();
+    m.advance(Duration::from_nanos(3));
+    let rt = manual_rt(&m);
+    let far = m.now() + Duration::from_secs(3600);
+    let (entered_tx, entered) = mpsc::channel();
+    let h = rt
+        .background()
+        .task(move |ctx| {
+            entered_tx.send(()).unwrap();
+            ctx.sleep_until(far).map(|_| "slept")
+        })
+        .timeout(Duration::from_nanos(5_000_000_001))
+        .submit()
+        .unwrap();
+    entered.recv_timeout(WAIT).unwrap();
+    m.advance(Duration::from_nanos(5_000_000_000));
+    assert_eq!(h.status(), TaskStatus::Running, "one nanosecond early");
+    m.advance(Duration::from_nanos(1));
+    wait("the timeout fired", || h.status().is_terminal());
+    assert!(h.join().unwrap_err().is_timeout());
+}

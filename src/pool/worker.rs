@@ -384,10 +384,10 @@ impl PoolShared {
             // Counted into the queue before it is QUEUED again: a cancel
             // that discards it at once counts it out after (see
             // `TierCounters::queued`).
-            self.counters.requeued();
+            self.counters.requeueing();
             requeued = core.requeue();
             if !requeued {
-                self.counters.requeue_undone();
+                self.counters.requeue_abandoned();
                 self.unreserve(level);
             }
         }
@@ -395,9 +395,12 @@ impl PoolShared {
             if core.settle_cancelled(CancelReason::Preempted) {
                 tlog!(info, target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
             }
+            // Its run is over for good: the closure goes now, here.
+            core.slot.drop_body();
             core.release_permit();
             return;
         }
+        self.counters.restarted();
         self.push_reserved(core.opts.priority, Work::Task(job));
         self.ring(1);
     }
@@ -408,15 +411,17 @@ impl PoolShared {
     fn retry_later(&self, job: Job, backoff: std::time::Duration) {
         let core = job.core.clone();
         // Counted in first, as in `restart`.
-        self.counters.retry_scheduled();
+        self.counters.requeueing();
         if !(self.accepts_retries() && core.requeue()) {
             // The body checked `can_retry` just before; only a shutdown
             // racing it lands here.
-            self.counters.retry_undone();
+            self.counters.requeue_abandoned();
             core.settle_cancelled(CancelReason::Shutdown);
+            core.slot.drop_body();
             core.release_permit();
             return;
         }
+        self.counters.retry_scheduled();
         self.schedule_retry(job, backoff);
     }
 

@@ -52,9 +52,6 @@ impl Counter {
     fn add_release(&self) {
         self.0.fetch_add(1, Ordering::Release);
     }
-    fn sub_release(&self) {
-        self.0.fetch_sub(1, Ordering::Release);
-    }
     fn get_acquire(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -82,6 +79,11 @@ pub(crate) struct TierCounters {
     preemptions: Counter,
     restarts: Counter,
     retries: Counter,
+    /// Re-entries into the queue (restarts and retries), counted before
+    /// the task is marked queued again; a re-entry that does not happen
+    /// after all is counted out through `left_queue` (both stay
+    /// monotonic: `restarts` and `retries` are exported as counters).
+    requeued_in: Counter,
     scale_ups: Counter,
     scale_downs: Counter,
     busy_nanos: Counter,
@@ -90,7 +92,7 @@ pub(crate) struct TierCounters {
     /// (started or discarded). How many are queued is not a counter of its
     /// own (one written by submitters and workers alike would move between
     /// their cores on every task): it is what entered the queue
-    /// (`submitted` + `restarts` + `retries`, the submitters' side) minus
+    /// (`submitted` + `requeued_in`, the submitters' side) minus
     /// `left_queue` (see `queued`).
     run_line: Padded<RunLine>,
     pub(crate) queue_wait: Histogram,
@@ -128,6 +130,7 @@ impl TierCounters {
             preemptions: Counter::default(),
             restarts: Counter::default(),
             retries: Counter::default(),
+            requeued_in: Counter::default(),
             scale_ups: Counter::default(),
             scale_downs: Counter::default(),
             busy_nanos: Counter::default(),
@@ -176,26 +179,27 @@ impl TierCounters {
         self.run_line.running.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A preempted restartable task goes back into the queue (counted
-    /// before it is marked queued again; see `queued`).
-    pub(crate) fn requeued(&self) {
-        self.restarts.add_release();
+    /// A task is about to go back into the queue (a restart or a retry):
+    /// counted in before it is marked queued again (see `queued`).
+    pub(crate) fn requeueing(&self) {
+        self.requeued_in.add_release();
     }
 
-    /// The re-queue counted by `requeued` did not happen after all.
-    pub(crate) fn requeue_undone(&self) {
-        self.restarts.sub_release();
+    /// The re-entry counted by `requeueing` did not happen after all: it
+    /// counts out, like a task leaving the queue.
+    pub(crate) fn requeue_abandoned(&self) {
+        self.left_queue();
+    }
+
+    /// A preempted restartable task went back into the queue.
+    pub(crate) fn restarted(&self) {
+        self.restarts.add(1);
     }
 
     /// A failed run will be retried after its backoff; it counts as
     /// queued meanwhile.
     pub(crate) fn retry_scheduled(&self) {
-        self.retries.add_release();
-    }
-
-    /// The retry counted by `retry_scheduled` did not happen after all.
-    pub(crate) fn retry_undone(&self) {
-        self.retries.sub_release();
+        self.retries.add(1);
     }
 
     pub(crate) fn scaled_up(&self) {
@@ -258,8 +262,7 @@ impl TierCounters {
     /// counted and then undone); at a quiescent point it is exact.
     pub(crate) fn queued(&self) -> usize {
         let out = self.run_line.left_queue.load(Ordering::Acquire);
-        let into =
-            self.submitted.get_acquire() + self.restarts.get_acquire() + self.retries.get_acquire();
+        let into = self.submitted.get_acquire() + self.requeued_in.get_acquire();
         usize::try_from(into.saturating_sub(out)).unwrap_or(usize::MAX)
     }
     pub(crate) fn running(&self) -> usize {
