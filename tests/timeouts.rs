@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tierpool::{CancelReason, Cancelled, ManualClock, Priority, Runtime, TaskStatus};
+use tierpool::{CancelReason, Cancelled, ManualClock, Priority, Runtime, TaskHandle, TaskStatus};
 
 fn manual_rt(m: &ManualClock) -> Runtime {
     Runtime::builder()
@@ -438,14 +438,10 @@ fn join_timeout_and_try_result_hand_the_handle_back() {
     assert_quiescent(&rt);
 }
 
-/// Regression (found in review): deadlines far past the clock's epoch
-/// (here a manual clock 80 years on) are still enforced — the watchdog's
-/// packed deadline word covers the clock's whole range.
-#[test]
-fn a_timeout_fires_eighty_years_past_the_epoch() {
-    let m = ManualClock::new();
-    m.advance(Duration::from_secs(80 * 365 * 24 * 3600));
-    let rt = manual_rt(&m);
+/// A runtime on `m` with one background task running (its body entered)
+/// that sleeps for an hour unless cancelled, under `timeout`.
+fn sleeper(m: &ManualClock, timeout: Duration) -> (Runtime, TaskHandle<&'static str, Cancelled>) {
+    let rt = manual_rt(m);
     let far = m.now() + Duration::from_secs(3600);
     let (entered_tx, entered) = mpsc::channel();
     let h = rt
@@ -454,10 +450,21 @@ fn a_timeout_fires_eighty_years_past_the_epoch() {
             entered_tx.send(()).unwrap();
             ctx.sleep_until(far).map(|_| "slept")
         })
-        .timeout(Duration::from_secs(5))
+        .timeout(timeout)
         .submit()
         .unwrap();
     entered.recv_timeout(WAIT).unwrap();
+    (rt, h)
+}
+
+/// Regression (found in review): deadlines far past the clock's epoch
+/// (here a manual clock 80 years on) are still enforced — the watchdog's
+/// packed deadline word covers the clock's whole range.
+#[test]
+fn a_timeout_fires_eighty_years_past_the_epoch() {
+    let m = ManualClock::new();
+    m.advance(Duration::from_secs(80 * 365 * 24 * 3600));
+    let (_rt, h) = sleeper(&m, Duration::from_secs(5));
     m.advance(Duration::from_secs(6));
     // A real-time bound (`join_timeout` would wait on the manual clock).
     wait("the timeout fired", || h.status().is_terminal());
@@ -471,19 +478,7 @@ fn a_timeout_fires_eighty_years_past_the_epoch() {
 fn a_timeout_fires_exactly_at_an_odd_nanosecond_deadline() {
     let m = ManualClock::new();
     m.advance(Duration::from_nanos(3));
-    let rt = manual_rt(&m);
-    let far = m.now() + Duration::from_secs(3600);
-    let (entered_tx, entered) = mpsc::channel();
-    let h = rt
-        .background()
-        .task(move |ctx| {
-            entered_tx.send(()).unwrap();
-            ctx.sleep_until(far).map(|_| "slept")
-        })
-        .timeout(Duration::from_nanos(5_000_000_001))
-        .submit()
-        .unwrap();
-    entered.recv_timeout(WAIT).unwrap();
+    let (_rt, h) = sleeper(&m, Duration::from_nanos(5_000_000_001));
     m.advance(Duration::from_nanos(5_000_000_000));
     assert_eq!(h.status(), TaskStatus::Running, "one nanosecond early");
     m.advance(Duration::from_nanos(1));
