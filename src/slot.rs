@@ -155,11 +155,9 @@ pub(crate) trait Settle: Send + Sync {
     fn settle_panicked(&self, message: &str, counters: &TierCounters) -> bool;
     /// The terminal status, once settled.
     fn outcome(&self) -> Option<TaskStatus>;
-    /// Whether nothing in the settled outcome needs dropping (no user
-    /// value with a destructor; see `Slot::keeps_nothing_to_drop`): such a
-    /// core may be freed later, on another thread (see
-    /// `PoolShared::return_spent`).
-    fn light(&self) -> bool;
+    /// See `Slot::keeps_nothing_to_drop`: such a core may be freed later,
+    /// on another thread (see `PoolShared::return_spent`).
+    fn keeps_nothing_to_drop(&self) -> bool;
     /// Drops the body (the closure and what it captured) now, for a task
     /// that settled without its body running: its captures must not
     /// outlive the run's end (see `PoolShared::return_spent`).

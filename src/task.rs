@@ -265,12 +265,10 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
             .is_ok()
     }
 
-    /// Sets the running attempt's next watchdog deadline (the worker, at
-    /// the start of a run; see `watch`).
+    /// Sets the next watchdog deadline of the run that started at `start`
+    /// (the worker, at the start of a run; see `watch`).
     #[inline]
-    pub(crate) fn set_watch(&self, at: u64, phase: u8) {
-        // The run's start, stored just before by this same thread.
-        let start = self.run_start.load(Ordering::Relaxed);
+    pub(crate) fn set_watch(&self, start: u64, at: u64, phase: u8) {
         // SeqCst: pairs with the watchdog's reset of its planned wake-up
         // before it scans (see `Watchdog::watch_run`). A swap rather than a
         // store (the same `xchg` on x86): loom lets a plain store fall
@@ -541,7 +539,7 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
         self.slot.outcome()
     }
 
-    fn light(&self) -> bool {
+    fn keeps_nothing_to_drop(&self) -> bool {
         self.slot.keeps_nothing_to_drop()
     }
 
@@ -1035,7 +1033,7 @@ mod tests {
         let core = test_core();
         assert_eq!(core.start(), Some(1));
         core.set_run_start(3);
-        core.set_watch(800, 2);
+        core.set_watch(3, 800, 2);
         let (attempt, seen, start) = core.watch().unwrap();
         assert_eq!((attempt, watch_parts(seen, start)), (1, Some((800, 2))));
         // The worker: run over, deadline cleared, restarted.
@@ -1044,7 +1042,7 @@ mod tests {
         assert!(core.requeue());
         assert_eq!(core.start(), Some(2));
         core.set_run_start(1001);
-        core.set_watch(5000, 2);
+        core.set_watch(1001, 5000, 2);
         // The watchdog's follow-up from what it saw fails.
         assert!(!core.replace_watch(seen, start, 3000, 3));
         let (attempt, word, start) = core.watch().unwrap();
@@ -1076,7 +1074,7 @@ mod loom_tests {
                 assert_eq!(core.start(), Some(1));
                 let w1 = watch_word(0, 100, 2);
                 let w2 = watch_word(0, 500, 2);
-                core.set_watch(100, 2);
+                core.set_watch(0, 100, 2);
 
                 let c = core.clone();
                 let worker = loom::thread::spawn(move || {
@@ -1084,7 +1082,7 @@ mod loom_tests {
                     c.finish();
                     assert!(c.requeue());
                     assert_eq!(c.start(), Some(2));
-                    c.set_watch(500, 2);
+                    c.set_watch(0, 500, 2);
                 });
 
                 // The watchdog on a thread of its own too: loom does not

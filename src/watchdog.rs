@@ -232,8 +232,8 @@ impl Watchdog {
         };
         core.set_run_start(start_n);
         match next {
-            Some((at, phase)) => self.shared.plan(core, at, phase),
-            None => core.set_watch(NEVER, 0),
+            Some((at, phase)) => self.shared.plan(core, start_n, at, phase),
+            None => core.set_watch(start_n, NEVER, 0),
         }
     }
 
@@ -304,8 +304,8 @@ impl Shared {
     /// Sets a running task's next deadline; wakes the watchdog if it is
     /// earlier than planned (see "Why no deadline is missed").
     #[inline]
-    fn plan(&self, core: &TaskCore, at: u64, phase: Phase) {
-        core.set_watch(at, phase.code());
+    fn plan(&self, core: &TaskCore, start: u64, at: u64, phase: Phase) {
+        core.set_watch(start, at, phase.code());
         if at < self.planned.load(Ordering::SeqCst)
             && self.planned.fetch_min(at, Ordering::SeqCst) > at
         {
@@ -314,13 +314,29 @@ impl Shared {
         }
     }
 
-    /// The watchdog's follow-up for a run it found due in a scan: its watch
-    /// word moves from `seen` to the next phase's deadline (`NEVER`: none),
-    /// unless the run cleared or replaced the word meanwhile (it returned,
-    /// or a later attempt began: that attempt's own deadline stands).
-    fn replan(&self, core: &TaskCore, seen: u64, start: Instant, at: u64, phase: Phase) {
-        if core.replace_watch(seen, self.nanos(start), at, phase.code()) && at != NEVER {
-            self.planned.fetch_min(at, Ordering::SeqCst);
+    /// Plans the phase after one that fired (`at`: when; `None`: no next
+    /// phase). A phase found by a scan (`scanned`: the watch word it was
+    /// read from) is followed up in that word, which moves from `seen` on
+    /// only if the run has not cleared or replaced it meanwhile (it
+    /// returned, or a later attempt began: that attempt's own deadline
+    /// stands). A phase from the heap is followed up on the heap.
+    fn follow_up(
+        &self,
+        core: &Arc<TaskCore>,
+        scanned: Option<u64>,
+        e: &Fired,
+        at: Option<Instant>,
+        phase: Phase,
+    ) {
+        match (scanned, at) {
+            (Some(seen), at) => {
+                let at = at.map_or(NEVER, |at| self.nanos(at));
+                if core.replace_watch(seen, self.nanos(e.start), at, phase.code()) && at != NEVER {
+                    self.planned.fetch_min(at, Ordering::SeqCst);
+                }
+            }
+            (None, Some(at)) => self.push(at, phase, core, e.attempt, e.start),
+            (None, None) => {}
         }
     }
 
@@ -505,17 +521,8 @@ impl Shared {
                     });
                 tlog!(warn, target: "tierpool::watchdog",
                     "task {} on {} still running after {:?}", core.id, core.tier, core.opts.warn_after.unwrap_or_default());
-                match (
-                    core.opts.timeout.and_then(|t| e.start.checked_add(t)),
-                    scanned,
-                ) {
-                    (Some(at), Some(seen)) => {
-                        self.replan(core, seen, e.start, self.nanos(at), Phase::Timeout)
-                    }
-                    (Some(at), None) => self.push(at, Phase::Timeout, core, e.attempt, e.start),
-                    (None, Some(seen)) => self.replan(core, seen, e.start, NEVER, Phase::Timeout),
-                    (None, None) => {}
-                }
+                let at = core.opts.timeout.and_then(|t| e.start.checked_add(t));
+                self.follow_up(core, scanned, &e, at, Phase::Timeout);
             }
             Phase::Timeout => {
                 if core.state() != RUNNING || core.attempt() != e.attempt {
@@ -533,14 +540,7 @@ impl Shared {
                 // cancelled (timeout), not win it as `Failed`.
                 let won = core.settle_cancelled(CancelReason::Timeout);
                 core.token().cancel(CancelReason::Timeout);
-                match (at, scanned) {
-                    (Some(at), Some(seen)) => {
-                        self.replan(core, seen, e.start, self.nanos(at), Phase::Zombie)
-                    }
-                    (Some(at), None) => self.push(at, Phase::Zombie, core, e.attempt, e.start),
-                    (None, Some(seen)) => self.replan(core, seen, e.start, NEVER, Phase::Zombie),
-                    (None, None) => {}
-                }
+                self.follow_up(core, scanned, &e, at, Phase::Zombie);
                 // Logged last: a log sink that fails must not leave the
                 // task uncancelled.
                 if won {
@@ -556,9 +556,7 @@ impl Shared {
                 }
             }
             Phase::Zombie => {
-                if let Some(seen) = scanned {
-                    self.replan(core, seen, e.start, NEVER, Phase::Zombie);
-                }
+                self.follow_up(core, scanned, &e, None, Phase::Zombie);
                 if let Some(pool) = core.pool() {
                     pool.declare_zombie(core, e.attempt);
                 }

@@ -353,12 +353,12 @@ impl PoolShared {
     /// here. glibc's malloc puts a chunk freed on another thread into this
     /// thread's cache, which overflows at once (nothing is allocated here),
     /// and the overflow takes the submitting thread's arena lock, against
-    /// which the submitter allocates the next task: a futex per few tasks
-    /// under load. Freed by a submitter, the chunk lands in that thread's
+    /// which the submitter allocates the next task (one futex call per ~36
+    /// tiny tasks; src/pool/README.md, "Spent task cores"). Freed by a submitter, the chunk lands in that thread's
     /// own cache and its next allocation reuses it. A full channel (no one
     /// submitting) just frees here, as before.
     fn return_spent(&self, job: Job) {
-        if Arc::strong_count(&job.core) == 1 && job.core.slot.light() {
+        if Arc::strong_count(&job.core) == 1 && job.core.slot.keeps_nothing_to_drop() {
             let _ = self.spent_tx.try_send(job);
         }
     }
