@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{occupy, runtime, wait, CountingGate};
+use common::{occupy, runtime, wait, wait_runs_booked, CountingGate};
 use proptest::prelude::*;
 use tierpool::{JobHealth, LoadRule, MissedRun, RunKind, Scheduler, SkipReason};
 
@@ -306,6 +306,7 @@ fn load_aware_jobs_skip_with_the_reason_or_shrink() {
     for h in handles {
         h.join().unwrap();
     }
+    wait_runs_booked(rt.background());
     m.advance(10 * SEC);
     wait("skipper runs once idle", || {
         s.job_stats(skipper).unwrap().succeeded == 1

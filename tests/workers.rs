@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::{runtime, wait};
+use common::{runtime, wait, wait_runs_booked};
 use tierpool::{CacheWarmer, Priority, SkipReason};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -66,10 +66,14 @@ fn cache_warmer_skips_under_load_and_records_why() {
     for h in handles {
         h.join().unwrap();
     }
+    wait_runs_booked(rt.background());
     m.advance(5 * MIN); // critical again, tier idle now
     wait("critical keys warmed", || {
         warmed.load(Ordering::SeqCst) == 10
     });
+    // The warm batches are counted inside their bodies: their runs end
+    // (by the clock) only once booked.
+    wait_runs_booked(rt.background());
     m.advance(5 * MIN); // 15 min: regular and critical
     wait("all warmed", || {
         warmed.load(Ordering::SeqCst) == 10 + 20 + 10

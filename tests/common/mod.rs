@@ -281,6 +281,16 @@ impl CountingGate {
     }
 }
 
+/// Waits until `tier` runs nothing. `join` returns as soon as the outcome
+/// is settled; the worker books the run (its end time, busy time, the
+/// running count) just after, reading the clock then. A test that moves a
+/// manual clock after `join` and then relies on utilisation must wait for
+/// this first, or the run may end, by the clock, after the move.
+#[allow(dead_code)] // not every test binary uses it
+pub fn wait_runs_booked(tier: &tierpool::Tier) {
+    wait("runs booked", || tier.stats().running == 0);
+}
+
 /// Occupies `n` workers of `tier` with tasks held at a gate; returns once
 /// all `n` bodies are running. Submits with `submit_wait`: a permit is
 /// given back just after `join` returns, so a tier with an in-flight limit
