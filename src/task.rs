@@ -149,6 +149,9 @@ pub(crate) struct TaskOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) warn_after: Option<Duration>,
     pub(crate) queue_budget: Option<Duration>,
+    /// Bytes the task may hold before a checkpoint cancels it (the tier's
+    /// `memory_budget` unless overridden).
+    pub(crate) memory_budget: Option<u64>,
     pub(crate) preemptible: bool,
     pub(crate) restartable: bool,
 }
@@ -807,6 +810,13 @@ impl TaskContext {
         }
     }
 
+    /// The memory budget this run is held to, in bytes: the task's own
+    /// ([`TaskBuilder::memory_budget`](crate::TaskBuilder::memory_budget))
+    /// or its tier's. `None`: no budget.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory.budget
+    }
+
     /// When the task will be timed out, if it has a timeout.
     pub fn deadline(&self) -> Option<Instant> {
         self.started.checked_add(self.job.core.opts.timeout?)
@@ -981,6 +991,7 @@ fn test_core() -> Arc<TaskCore> {
         timeout: None,
         warn_after: None,
         queue_budget: None,
+        memory_budget: None,
         preemptible: false,
         restartable: true,
     };

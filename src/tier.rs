@@ -94,6 +94,7 @@ impl Tier {
             timeout: None,
             warn_after: None,
             queue_budget: None,
+            memory_budget: None,
             preemptible: false,
             _mode: PhantomData,
         }
@@ -109,6 +110,7 @@ impl Tier {
             timeout: cfg.timeout,
             warn_after: cfg.warn_after,
             queue_budget: None,
+            memory_budget: cfg.memory_budget,
             preemptible: false,
             restartable: false,
         }
@@ -314,6 +316,7 @@ pub struct TaskBuilder<'a, F, M = Once> {
     timeout: Option<Option<Duration>>,
     warn_after: Option<Option<Duration>>,
     queue_budget: Option<Duration>,
+    memory_budget: Option<Option<u64>>,
     preemptible: bool,
     _mode: PhantomData<M>,
 }
@@ -359,6 +362,37 @@ impl<'a, F, M> TaskBuilder<'a, F, M> {
         self
     }
 
+    /// Overrides the tier's [`memory_budget`](crate::TierConfig::memory_budget)
+    /// for this task: once it holds more than `bytes` (allocated minus
+    /// freed on its worker thread), its next
+    /// [`checkpoint`](TaskContext::checkpoint) or
+    /// [`sleep`](TaskContext::sleep) cancels it with reason
+    /// [`Memory`](crate::CancelReason::Memory). Any number is accepted: a
+    /// budget of 0 cancels the task at the first checkpoint at which it
+    /// holds a byte. Needs the
+    /// [`CountingAllocator`](crate::alloc::CountingAllocator); without it
+    /// nothing is counted and no budget fires.
+    ///
+    /// ```
+    /// let rt = tierpool::Runtime::builder().build()?;
+    /// let h = rt.background()
+    ///     .task(|ctx| { ctx.checkpoint()?; Ok::<_, tierpool::Cancelled>(ctx.memory_budget()) })
+    ///     .memory_budget(64 * 1024 * 1024)
+    ///     .submit()?;
+    /// assert_eq!(h.join().unwrap(), Some(64 * 1024 * 1024));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(Some(bytes));
+        self
+    }
+
+    /// No memory budget for this task, whatever the tier's default.
+    pub fn no_memory_budget(mut self) -> Self {
+        self.memory_budget = Some(None);
+        self
+    }
+
     /// Whether critical work may cancel this task to take its worker
     /// (default false).
     pub fn preemptible(mut self, yes: bool) -> Self {
@@ -374,6 +408,7 @@ impl<'a, F, M> TaskBuilder<'a, F, M> {
             timeout: self.timeout.unwrap_or(cfg.timeout),
             warn_after: self.warn_after.unwrap_or(cfg.warn_after),
             queue_budget: self.queue_budget,
+            memory_budget: self.memory_budget.unwrap_or(cfg.memory_budget),
             preemptible: self.preemptible || restartable,
             restartable,
         }
@@ -396,6 +431,7 @@ impl<'a, F> TaskBuilder<'a, F, Once> {
             timeout: self.timeout,
             warn_after: self.warn_after,
             queue_budget: self.queue_budget,
+            memory_budget: self.memory_budget,
             preemptible: true,
             _mode: PhantomData,
         }

@@ -175,3 +175,54 @@ fn the_budget_is_checked_before_sleeping() {
     assert_eq!(e.cancel_reason(), Some(CancelReason::Memory));
     rt.shutdown(Duration::from_secs(5));
 }
+
+/// A task's own budget overrides its tier's, both ways: tighter on a tier
+/// with a loose one, none at all on a tier with a tight one, and a budget
+/// on a tier that has none.
+#[test]
+fn a_task_budget_overrides_the_tier_budget() {
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark().memory_budget(64 * MIB))
+        .ui(|t| t.workers(1))
+        .build()
+        .unwrap();
+    // Holds 4 MiB, then checks: over a task budget of 2 MiB.
+    let hold_four = |ctx: &tierpool::TaskContext| {
+        let _v = allocate(4 * MIB);
+        ctx.checkpoint()?;
+        Ok::<_, Cancelled>(ctx.memory_budget())
+    };
+    let tighter = rt
+        .background()
+        .task(hold_four)
+        .memory_budget(2 * MIB)
+        .submit()
+        .unwrap();
+    let e = tighter.join().unwrap_err();
+    assert_eq!(e.cancel_reason(), Some(CancelReason::Memory), "{e}");
+
+    let tier_default = rt.background().task(hold_four).submit().unwrap();
+    assert_eq!(tier_default.join().unwrap(), Some(64 * MIB));
+
+    let rt_tight = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark().memory_budget(MIB))
+        .build()
+        .unwrap();
+    let unlimited = rt_tight
+        .background()
+        .task(hold_four)
+        .no_memory_budget()
+        .submit()
+        .unwrap();
+    assert_eq!(unlimited.join().unwrap(), None);
+
+    // The ui tier has no budget by default; a task may bring its own.
+    let on_ui = rt.ui().task(hold_four).memory_budget(MIB).submit().unwrap();
+    let e = on_ui.join().unwrap_err();
+    assert_eq!(e.cancel_reason(), Some(CancelReason::Memory), "{e}");
+
+    assert_eq!(rt.background().stats().cancelled.memory, 1);
+    assert_eq!(rt.ui().stats().cancelled.memory, 1);
+    rt_tight.shutdown(Duration::from_secs(5));
+    rt.shutdown(Duration::from_secs(5));
+}

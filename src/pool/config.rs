@@ -334,7 +334,9 @@ impl TierConfig {
     /// worker thread, since its run started) before it is cancelled with
     /// reason [`Memory`](crate::CancelReason::Memory); `None` (the default
     /// on every tier): no budget. Meant for the background tier's heavy
-    /// work.
+    /// work. A task can bring its own
+    /// ([`TaskBuilder::memory_budget`](crate::TaskBuilder::memory_budget),
+    /// [`no_memory_budget`](crate::TaskBuilder::no_memory_budget)).
     ///
     /// Enforced at the task's own checkpoints —
     /// [`checkpoint`](crate::TaskContext::checkpoint) and

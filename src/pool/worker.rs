@@ -270,13 +270,8 @@ impl PoolShared {
             // there (see watchdog.rs, "Why no deadline is missed").
             self.watchdog.watch_run(core, start_n);
         }
-        let ctx = TaskContext::new(
-            job,
-            start,
-            self.clock.clone(),
-            attempt,
-            self.config.memory_budget,
-        );
+        let memory_budget = core.opts.memory_budget;
+        let ctx = TaskContext::new(job, start, self.clock.clone(), attempt, memory_budget);
         let end = if ctx.is_cancelled() && ctx.core().slot.outcome().is_some() {
             // Settled before its body started: the closure goes now, as it
             // would after a run (its captures may report on drop).
