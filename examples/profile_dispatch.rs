@@ -1,5 +1,5 @@
 //! Profiling driver: the dispatch workload on one contender, for perf or
-//! callgrind. `profile_dispatch <tierpool|notimeout|bare|threadpool> <workers> <submitters> <rounds> [tasks]`
+//! callgrind. `profile_dispatch <tierpool|notimeout|bare|threadpool> <workers> <submitters> <rounds> [tasks] [queue capacity]`
 #[path = "../benches/support/mod.rs"]
 mod support;
 
@@ -15,11 +15,12 @@ fn main() {
     let s: usize = a.get(3).map_or(1, |s| s.parse().unwrap());
     let rounds: usize = a.get(4).map_or(50, |s| s.parse().unwrap());
     let tasks: usize = a.get(5).map_or(20_000, |s| s.parse().unwrap());
+    let cap: usize = a.get(6).map_or(1024, |s| s.parse().unwrap());
     let t = Instant::now();
     let mut total = Duration::ZERO;
     match which {
         "bare" => {
-            let p = BarePool::new(w, 1024);
+            let p = BarePool::new(w, cap);
             for _ in 0..rounds {
                 total += dispatch(&p, s, tasks);
             }
@@ -36,7 +37,7 @@ fn main() {
             } else {
                 Features::Defaults
             };
-            let rt = tierpool_ui(w, 1024, f);
+            let rt = tierpool_ui(w, cap, f);
             let e = TierExec {
                 tier: rt.ui().clone(),
                 priority: Priority::Normal,

@@ -14,14 +14,18 @@
 //! 3. A blocked submitter always learns of a release that can let it in:
 //!    it announces itself in `room_waiters` before trying, and the waiter
 //!    blocks only while `room_gen` is unchanged since before its last try.
-//!    Notifications (a `room_gen` bump under the `room` lock) are
-//!    edge-triggered: a release notifies only when it leaves a limit that
-//!    was reached (the global count or the user's count was at its limit).
-//!    That loses nothing: a submitter rejected by a limit saw the count at
-//!    it, and the first release after that starts from it. (Queue room is
-//!    signalled by the pool when a level drains to half its capacity.) A
+//!    Notifications (a `room_gen` bump; the `room` lock and condvar only
+//!    when a waiter sleeps) are edge-triggered: a release notifies only
+//!    when it leaves a limit that was reached (the global count or the
+//!    user's count was at its limit). That loses nothing: a submitter
+//!    rejected by a limit saw the count at it, and the first release after
+//!    that starts from it. (Queue room is signalled the same way by the
+//!    pool, when a place is given up at a full level or `max_queued`.) A
 //!    SeqCst fence between announcing and trying, and between releasing and
-//!    looking for waiters, makes one side see the other (checked by loom).
+//!    looking for waiters, makes one side see the other; a waiter counts
+//!    itself in `room_sleepers` before its last look at `room_gen`, and a
+//!    notification bumps `room_gen` before it looks for sleepers (checked
+//!    by loom).
 //!
 //! # Deadlock safety
 //!
@@ -32,7 +36,7 @@ use std::time::Instant;
 
 use crate::clock::Clock;
 use crate::error::RejectReason;
-use crate::sync::{fence, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, spin_yield, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 
 pub(crate) struct Admission {
     max_in_flight: Option<usize>,
@@ -40,6 +44,9 @@ pub(crate) struct Admission {
     in_flight: AtomicUsize,
     users: Mutex<HashMap<Arc<str>, usize>>,
     room_waiters: AtomicUsize,
+    /// Announced waiters that are blocked (or about to block) on
+    /// `room_cv`: only then does a notification take the lock and wake.
+    room_sleepers: AtomicUsize,
     /// Bumped by every notification, so waiters can tell they missed none.
     room_gen: AtomicU64,
     room: Mutex<()>,
@@ -61,6 +68,7 @@ impl Admission {
             in_flight: AtomicUsize::new(0),
             users: Mutex::new(HashMap::new()),
             room_waiters: AtomicUsize::new(0),
+            room_sleepers: AtomicUsize::new(0),
             room_gen: AtomicU64::new(0),
             room: Mutex::new(()),
             room_cv: Condvar::new(),
@@ -159,9 +167,20 @@ impl Admission {
         // `loom_room_waiter_never_misses_a_release`).
         fence(Ordering::SeqCst);
         if self.room_waiters.load(Ordering::SeqCst) > 0 {
-            let _g = self.room.lock();
+            // The bump first, then the look for sleepers; a waiter counts
+            // itself a sleeper first, then looks at the bump (both SeqCst):
+            // one of us sees the other. The lock only for a real sleeper,
+            // which holds it from its count until the condvar releases it,
+            // so the notification cannot fall between its look and its
+            // sleep.
             self.room_gen.fetch_add(1, Ordering::SeqCst);
-            self.room_cv.notify_all();
+            // A store-buffering pair on two atomics: the fences (here and
+            // in `wait`) make it hold under loom's weaker SeqCst model too.
+            fence(Ordering::SeqCst);
+            if self.room_sleepers.load(Ordering::SeqCst) > 0 {
+                let _g = self.room.lock();
+                self.room_cv.notify_all();
+            }
         }
     }
 
@@ -189,20 +208,56 @@ pub(crate) struct RoomWaiter<'a> {
 impl RoomWaiter<'_> {
     /// Blocks until capacity may have freed up or `deadline` passes on
     /// `clock`; `false` once the deadline has passed.
+    ///
+    /// It spins and yields a little before it sleeps, as crossbeam's
+    /// blocking channels do: under a stream of tiny tasks the room a full
+    /// queue is waiting for comes with the next pick, a fraction of a
+    /// microsecond away, and a submitter put to sleep came back late — on a
+    /// busy machine the woken thread waits for a core while the workers
+    /// empty the queue and go idle. Sleeping is for waits longer than
+    /// that.
     pub(crate) fn wait(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
         let a = self.admission;
+        for step in 0..ROOM_SPIN_STEPS {
+            if a.room_gen.load(Ordering::SeqCst) != self.seen {
+                return self.took_notification(clock, deadline);
+            }
+            if step < ROOM_SPIN_STEPS / 2 {
+                for _ in 0..1u32 << step {
+                    std::hint::spin_loop();
+                }
+            } else {
+                spin_yield();
+            }
+        }
         let mut g = a.room.lock();
+        a.room_sleepers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst); // pairs with the one in `notify_room`
         while a.room_gen.load(Ordering::SeqCst) == self.seen {
             if deadline.is_some_and(|d| clock.now() >= d) {
+                a.room_sleepers.fetch_sub(1, Ordering::SeqCst);
                 return false;
             }
             g = a.room_cv.wait_budget(g, clock.wait_budget(deadline));
         }
+        a.room_sleepers.fetch_sub(1, Ordering::SeqCst);
         drop(g);
-        self.seen = a.room_gen.load(Ordering::SeqCst);
+        self.took_notification(clock, deadline)
+    }
+
+    fn took_notification(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
+        self.seen = self.admission.room_gen.load(Ordering::SeqCst);
         !deadline.is_some_and(|d| clock.now() >= d)
     }
 }
+
+/// How many looks a waiting submitter takes before it sleeps: half of
+/// them after short spins (1, 2, 4, ... pause instructions), the rest after
+/// yielding the core. One under loom, whose models must reach the sleep.
+#[cfg(not(loom))]
+const ROOM_SPIN_STEPS: u32 = 12;
+#[cfg(loom)]
+const ROOM_SPIN_STEPS: u32 = 1;
 
 impl Drop for RoomWaiter<'_> {
     fn drop(&mut self) {

@@ -81,3 +81,63 @@ fn submit_wait_at_the_tier_limit_gets_in_when_a_task_ends() {
     assert!(first.join().is_ok());
     assert!(second.join().is_ok());
 }
+
+/// One place given up by a full queue is enough: the blocked submitter
+/// gets it, though the queue never drains further. (A waiter used to be
+/// woken only once half the queue had drained, so with slow tasks a
+/// `submit_wait` could time out while a place had been free for most of
+/// its wait.)
+#[test]
+fn submit_wait_gets_the_first_place_a_full_queue_gives_up() {
+    let rt = Runtime::builder()
+        .ui(|t| t.workers(1).queue_capacity(4).max_in_flight(None))
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    // Each task holds its worker until it is handed a token.
+    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
+    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
+    let held = move || {
+        let (rx, started) = (token_rx.clone(), started_tx.clone());
+        move |_: &tierpool::TaskContext| {
+            let _ = started.send(());
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Ok::<_, Infallible>(())
+        }
+    };
+    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for _ in 0..4 {
+        handles.push(ui.submit(Priority::Normal, held()).unwrap());
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let waiter = {
+        let (ui, task) = (ui.clone(), held());
+        std::thread::spawn(move || {
+            let r = ui.submit_wait(Priority::Normal, task, Duration::from_secs(60));
+            let _ = done_tx.send(r.is_ok());
+            r.ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        done_rx.try_recv().is_err(),
+        "the queue is full: it must wait"
+    );
+    // The running task ends; the worker takes the next one, which holds it
+    // again: exactly one place comes free, and stays the only one.
+    token_tx.send(()).unwrap();
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the blocked submitter should take the place given up"
+    );
+    handles.extend(waiter.join().unwrap());
+    for _ in 0..handles.len() {
+        token_tx.send(()).unwrap();
+    }
+    for h in handles {
+        assert!(h.join().is_ok());
+    }
+}

@@ -45,8 +45,8 @@ const IDLE_REPLACEMENT_CAP: Duration = Duration::from_secs(2);
 
 /// How many spent task cores may wait for a submitter to free them (see
 /// `PoolShared::return_spent`): a level's queue capacity, within these
-/// bounds. A blocked submitter sleeps until half a queue has drained, so
-/// that many come back meanwhile; past the capacity a worker frees them
+/// bounds. A submitter blocked on a full queue frees none meanwhile, and
+/// may sleep while the workers run on; past the capacity a worker frees them
 /// itself, and an idle worker frees what is left (nothing is kept for a
 /// submitter that does not come back).
 const SPENT_CAPACITY: (usize, usize) = (64, 4096);
@@ -381,17 +381,27 @@ impl PoolShared {
         ok
     }
 
-    /// A place was given up (picked, or its push failed). `true` when
-    /// this crossed the half-way mark of a limit (the level's capacity or
-    /// `max_queued`): the moment to wake submitters blocked on it.
+    /// A place was given up (picked, or its push failed). A place given up
+    /// at a full limit (the level's capacity or `max_queued`) wakes the
+    /// submitters blocked on it (edge-triggered, like the in-flight limit's
+    /// releases: a submitter refused by a full queue saw it full, and the
+    /// first place given up after that starts from full). Returns `true`
+    /// when this crossed the half-way mark of a limit: where a saturated
+    /// queue counts as relieved.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
+        let cap = self.queue.capacity();
         let half_of = |cap: usize, before: usize| before == cap / 2 + 1;
         let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
+        let mut was_full = level_before >= cap;
         let total_crossed = self.config.max_queued.is_some_and(|m| {
             let before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+            was_full |= before >= m;
             half_of(m, before)
         });
-        half_of(self.queue.capacity(), level_before) || total_crossed
+        if was_full {
+            self.admission.notify_room();
+        }
+        half_of(cap, level_before) || total_crossed
     }
 
     /// The queue-full rejection, naming the limit that was hit.

@@ -133,14 +133,10 @@ impl PoolShared {
                 }
             },
         )?;
-        // Submitters blocked on a full queue are woken once it is half
-        // empty, not on every pick: one wake-up then refills half a queue
-        // instead of one place (a futex wake per task capped dispatch at a
-        // few hundred thousand tasks/s).
+        // A pick from a full level wakes its blocked submitters (in
+        // `unreserve`; see `RoomWaiter::wait` for why that costs a futex
+        // call only when one really sleeps).
         let crossed_half = self.unreserve(picked.0);
-        if crossed_half {
-            self.admission.notify_room();
-        }
         self.check_saturation(crossed_half);
         Some(picked)
     }
