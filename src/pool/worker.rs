@@ -38,8 +38,6 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
     // `wait_for_work`): a clock read per idle spell is measurable when tiny
     // tasks keep a worker hopping between busy and idle.
     let mut idle_since = None;
-    // The end of the task just run, while the worker stays busy.
-    let mut last_end = None;
     loop {
         // RESTARTED: a maintenance restart replaces threads between tasks.
         if pool.is_stale(&slot) {
@@ -53,7 +51,7 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
             match work {
                 Work::Poison => panic!("tierpool: injected worker fault (test hook)"),
                 Work::Task(job) => {
-                    if pool.run_job(job, &slot, level, &mut last_end) == After::Retire {
+                    if pool.run_job(job, &slot, level) == After::Retire {
                         guard.disarm();
                         return;
                     }
@@ -63,7 +61,6 @@ pub(super) fn run(pool: Arc<PoolShared>, slot: Arc<WorkerSlot>) {
         }
         // IDLE: announce, look once more (the submitter may have missed
         // us), then block.
-        last_end = None;
         pool.free_spent();
         if !slot.idle.load(Ordering::Relaxed) {
             slot.idle.store(true, Ordering::Relaxed);
@@ -206,15 +203,9 @@ impl PoolShared {
         self.leave(&mut t, slot);
     }
 
-    fn run_job(
-        &self,
-        job: Job,
-        slot: &WorkerSlot,
-        level: usize,
-        now: &mut Option<(Instant, u64)>,
-    ) -> After {
+    fn run_job(&self, job: Job, slot: &WorkerSlot, level: usize) -> After {
         let unreserved = self.config.reserved_slots > 0 && level >= Priority::Normal.index();
-        let after = self.run_started(job, slot, now);
+        let after = self.run_started(job, slot);
         if unreserved {
             self.running_unreserved.fetch_sub(1, Ordering::AcqRel);
             if self.queue.has_waiting([false, false, true, true]) {
@@ -224,23 +215,23 @@ impl PoolShared {
         after
     }
 
-    fn run_started(&self, job: Job, slot: &WorkerSlot, now: &mut Option<(Instant, u64)>) -> After {
+    fn run_started(&self, job: Job, slot: &WorkerSlot) -> After {
         // Borrowed, not cloned: the job holds the core, and moves into the
         // task's context for the run.
         let core = &job.core;
-        // A worker going straight from one task to the next reuses the
-        // previous task's end as this one's start: one clock read per task
-        // saved on the hot path (the gap is one pick). Read before the task
-        // is marked running, so a caller that sees it running and then
-        // moves a manual clock can never push its deadline later. Kept as
-        // nanoseconds on the clock's epoch too: every duration below is an
-        // integer subtraction.
-        let (start, start_n) = now.take().unwrap_or_else(|| {
-            let t = self.clock.now();
-            (t, self.clock.nanos(t))
-        });
+        // The start is read off the clock for every task, before it is
+        // marked running, so a caller that sees it running and then moves a
+        // manual clock can never push its deadline later. (A worker going
+        // straight to its next task used to reuse the previous task's end:
+        // the gap also held that task's booking, and a worker descheduled
+        // there — or a manual clock moved meanwhile — started the next task
+        // in the past, earlier than it was submitted: its deadline came
+        // early, found by fault injection.) Kept as nanoseconds on the
+        // clock's epoch too: every duration below is an integer
+        // subtraction.
+        let start = self.clock.now();
+        let start_n = self.clock.nanos(start);
         let Some(attempt) = core.start() else {
-            *now = Some((start, start_n));
             return After::Continue; // discarded while queued
         };
         // Queue wait is submit → first start; a restart or retry waited
@@ -281,18 +272,13 @@ impl PoolShared {
         }
         let job = ctx.into_job();
         let core = &job.core;
-        let finished = self.clock.now();
-        let finished_n = self.clock.nanos(finished);
-        *now = Some((finished, finished_n));
+        let finished_n = self.clock.nanos(self.clock.now());
         self.note_run_end(slot);
         self.counters.ran(finished_n.saturating_sub(start_n));
         // No deadline left over for a later attempt to inherit.
         core.clear_watch();
         *slot.current.lock() = None;
         let left = core.finish();
-        if left == RUNNING {
-            self.counters.stopped_running();
-        }
         let id = core.id;
         let spent = match end {
             RunEnd::Settled => {
@@ -323,6 +309,17 @@ impl PoolShared {
         };
         if let Some(job) = spent {
             self.return_spent(job);
+        }
+        // A permit given back may relieve an in-flight saturation that the
+        // last pick (made before the permit came back) still saw: one load
+        // when nothing is saturated.
+        self.check_saturation(false);
+        // Last: `running == 0` then means every run is fully booked (late
+        // result counted, permit back, events sent), which drains and
+        // tests wait for; a restart counted into the queue meanwhile is
+        // briefly seen in both, never in neither.
+        if left == RUNNING {
+            self.counters.stopped_running();
         }
         self.notify_drain();
         if left == ZOMBIE {
