@@ -389,7 +389,13 @@ fn submit_racing_shutdown_strands_nothing() {
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(30));
+        // Shut down once the submitters are really submitting (a fixed
+        // sleep was not enough on a loaded machine: none had run yet).
+        let since = std::time::Instant::now();
+        while accepted.lock().unwrap().len() < 16 {
+            assert!(since.elapsed() < Duration::from_secs(20), "no submitter got going");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         rt.shutdown(Duration::from_millis(20))
     });
     let accepted = accepted.into_inner().unwrap();
