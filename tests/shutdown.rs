@@ -393,7 +393,10 @@ fn submit_racing_shutdown_strands_nothing() {
         // sleep was not enough on a loaded machine: none had run yet).
         let since = std::time::Instant::now();
         while accepted.lock().unwrap().len() < 16 {
-            assert!(since.elapsed() < Duration::from_secs(20), "no submitter got going");
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "no submitter got going"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         rt.shutdown(Duration::from_millis(20))
