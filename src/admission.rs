@@ -20,7 +20,12 @@
 //!    user's count was at its limit). That loses nothing: a submitter
 //!    rejected by a limit saw the count at it, and the first release after
 //!    that starts from it. (Queue room is signalled the same way by the
-//!    pool, when a place is given up at a full level or `max_queued`.) A
+//!    pool, when a worker gives up a place at a full level or
+//!    `max_queued`, and when a pick crosses half a limit. A submitter gives
+//!    back a place it took for a refused permit quietly — it would wake
+//!    itself — so a waiter refused only while that place was held learns
+//!    of room at the next half-way crossing, or at its deadline: narrow,
+//!    and not modelled.) A
 //!    SeqCst fence between announcing and trying, and between releasing and
 //!    looking for waiters, makes one side see the other; a waiter counts
 //!    itself in `room_sleepers` before its last look at `room_gen`, and a

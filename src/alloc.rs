@@ -6,7 +6,7 @@
 //! The allocator itself knows nothing about tasks. It keeps two
 //! thread-local counters (bytes allocated, bytes freed — cumulative, on
 //! this thread) and a process-wide total fed in batches. A worker reads
-//! the thread's counters when a task starts ([`Sample::now`]) and again
+//! the thread's counters when a task starts (`Sample::now`) and again
 //! when it returns or calls [`TaskContext::checkpoint`]; the difference is
 //! the task's. No pointer to the task is kept anywhere, so no lock, no
 //! allocation and no lifetime question inside `alloc`.

@@ -722,9 +722,9 @@ impl TaskContext {
     }
 
     /// Bytes this run holds now: allocated minus freed since it started,
-    /// on its worker thread — what
-    /// [`memory_budget`](crate::TierConfig::memory_budget) is checked
-    /// against. 0 without the counting allocator or off the worker thread.
+    /// on its worker thread — what the run's
+    /// [`memory_budget`](TaskContext::memory_budget) (the task's own or its
+    /// tier's) is checked against. 0 without the counting allocator or off the worker thread.
     ///
     /// ```
     /// let rt = tierpool::Runtime::builder().build()?;
@@ -796,9 +796,10 @@ impl TaskContext {
     /// `Err(Cancelled)` once the task has been asked to stop: call it
     /// between steps and return with `?`.
     ///
-    /// With a [`memory_budget`](crate::TierConfig::memory_budget) on the
-    /// tier, this is also where the budget is checked: a task holding more
-    /// is cancelled (reason: [`Memory`](CancelReason::Memory)) here.
+    /// With a [`memory_budget`](TaskContext::memory_budget) (the task's own
+    /// or its tier's), this is also where the budget is checked: a task
+    /// holding more is cancelled (reason: [`Memory`](CancelReason::Memory))
+    /// here.
     #[inline]
     pub fn checkpoint(&self) -> Result<(), Cancelled> {
         if let Some(budget) = self.memory.budget {

@@ -113,3 +113,44 @@ fn restarts_outside_the_window_do_not_count() {
         .join()
         .unwrap();
 }
+
+/// A value whose `Drop` panics, dropped on the worker after the run (its
+/// handle gone first, so the worker holds the last reference): the worker
+/// dies and is replaced, and the run leaves the `running` count — it used
+/// to stay counted for good, and a shutdown then waited its whole grace
+/// for a run that was over.
+#[test]
+fn a_result_that_panics_when_dropped_leaves_the_counts_true() {
+    struct Boom;
+    impl Drop for Boom {
+        fn drop(&mut self) {
+            panic!("boom in a result's drop");
+        }
+    }
+    let m = ManualClock::new();
+    let rt = one_worker(&m, 5);
+    let bg = rt.background();
+    let (gate, held) = occupy(bg, 1);
+    let h = bg
+        .submit(Priority::Normal, |_| Ok::<_, Cancelled>(Boom))
+        .unwrap();
+    drop(h);
+    gate.open();
+    for h in held {
+        h.join().unwrap();
+    }
+    wait("worker replaced", || bg.stats().worker_restarts == 1);
+    wait("run booked", || {
+        let s = bg.stats();
+        s.running == 0 && s.queued == 0
+    });
+    assert_eq!(
+        bg.submit(Priority::Normal, |_| Ok::<_, Cancelled>(7))
+            .unwrap()
+            .join()
+            .unwrap(),
+        7
+    );
+    let report = rt.shutdown(Duration::from_secs(30));
+    assert!(report.drained_in_time, "{report:?}");
+}

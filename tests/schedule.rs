@@ -160,7 +160,9 @@ fn a_panicking_run_does_not_stop_the_next_and_repeated_failures_degrade() {
     // The tier saw the panic too. Waited for: the job's stats count the
     // panic inside the run, the tier when the worker settles it after, and
     // that worker may be descheduled in between while the other runs on.
-    wait("tier counted the panic", || rt.background().stats().panicked == 1);
+    wait("tier counted the panic", || {
+        rt.background().stats().panicked == 1
+    });
 }
 
 #[test]

@@ -141,3 +141,58 @@ fn submit_wait_gets_the_first_place_a_full_queue_gives_up() {
         assert!(h.join().is_ok());
     }
 }
+
+/// A blocked submitter whose own retry takes the queue's last place and is
+/// then refused a permit gives the place back without waking itself: it
+/// used to, and so retried at full speed until its deadline.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_refused_permit_does_not_wake_its_own_submitter() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            t.workers(1)
+                .queue_capacity(4)
+                .max_in_flight(4)
+                .per_user_limit(None)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    // One task holds the worker, three wait: four in flight (the limit),
+    // three of the level's four places taken.
+    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
+    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
+    let held = || {
+        let (rx, started) = (token_rx.clone(), started_tx.clone());
+        move |_: &tierpool::TaskContext| {
+            let _ = started.send(());
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Ok::<_, Infallible>(())
+        }
+    };
+    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for _ in 0..3 {
+        handles.push(ui.submit(Priority::Normal, held()).unwrap());
+    }
+    let waiter = {
+        let ui = ui.clone();
+        std::thread::spawn(move || {
+            let cpu0 = thread_cpu();
+            let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
+            (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
+        })
+    };
+    let (reason, spent) = waiter.join().unwrap();
+    assert!(
+        matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
+        "{reason:?}"
+    );
+    assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    for _ in 0..handles.len() {
+        token_tx.send(()).unwrap();
+    }
+    for h in handles {
+        assert!(h.join().is_ok());
+    }
+}

@@ -291,7 +291,9 @@ impl PoolShared {
         }
         // The queue place first, then the permit: a rejection then never
         // takes and returns a permit, which would count as a release and
-        // wake blocked submitters (`submit_wait` would spin).
+        // wake blocked submitters (`submit_wait` would spin). A place taken
+        // and given back for a refused permit is given back quietly for the
+        // same reason (`unreserve_quiet`).
         let level = opts.priority.index();
         if !self.reserve(level) {
             let reason = self.queue_full();
@@ -307,7 +309,7 @@ impl PoolShared {
         let permit = match self.admission.acquire(opts.user.as_ref()) {
             Ok(p) => p,
             Err(reason) => {
-                self.unreserve(level);
+                self.unreserve_quiet(level);
                 if let RejectReason::TierLimit { limit } = reason {
                     self.mark_saturated(SaturatedLimit::InFlight(limit));
                 }
@@ -381,14 +383,34 @@ impl PoolShared {
         ok
     }
 
-    /// A place was given up (picked, or its push failed). A place given up
-    /// at a full limit (the level's capacity or `max_queued`) wakes the
-    /// submitters blocked on it (edge-triggered, like the in-flight limit's
-    /// releases: a submitter refused by a full queue saw it full, and the
-    /// first place given up after that starts from full). Returns `true`
-    /// when this crossed the half-way mark of a limit: where a saturated
-    /// queue counts as relieved.
+    /// A place was given up by a worker (picked, or a re-queue abandoned).
+    /// A place given up at a full limit (the level's capacity or
+    /// `max_queued`) wakes the submitters blocked on it (edge-triggered,
+    /// like the in-flight limit's releases: a submitter refused by a full
+    /// queue saw it full, and the first place given up after that starts
+    /// from full); so does crossing the half-way mark, which catches a
+    /// waiter refused only while another submitter briefly held a place it
+    /// then gave back quietly. Returns `true` when this crossed the
+    /// half-way mark: where a saturated queue counts as relieved.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
+        let (was_full, crossed_half) = self.give_back_place(level);
+        if was_full || crossed_half {
+            self.admission.notify_room();
+        }
+        crossed_half
+    }
+
+    /// A place a submitter took and gives back itself (its permit was
+    /// refused, or its push failed): no notification. A submitter blocked
+    /// in `submit_wait` whose own retry takes the last place and is refused
+    /// a permit would otherwise wake itself, and retry, at full speed until
+    /// its deadline (a review found it: 200–930 ms of CPU per second).
+    pub(crate) fn unreserve_quiet(&self, level: usize) {
+        self.give_back_place(level);
+    }
+
+    /// `(was at a full limit, crossed the half-way mark of one)`.
+    fn give_back_place(&self, level: usize) -> (bool, bool) {
         let cap = self.queue.capacity();
         let half_of = |cap: usize, before: usize| before == cap / 2 + 1;
         let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
@@ -398,10 +420,7 @@ impl PoolShared {
             was_full |= before >= m;
             half_of(m, before)
         });
-        if was_full {
-            self.admission.notify_room();
-        }
-        half_of(cap, level_before) || total_crossed
+        (was_full, half_of(cap, level_before) || total_crossed)
     }
 
     /// The queue-full rejection, naming the limit that was hit.
@@ -417,7 +436,7 @@ impl PoolShared {
         if let Err(w) = self.queue.push(p, w) {
             // Cannot happen (the place was reserved); if it did, dropping
             // the job settles it as cancelled rather than losing it.
-            self.unreserve(p.index());
+            self.unreserve_quiet(p.index());
             drop(w);
         }
     }
@@ -807,7 +826,8 @@ impl PoolShared {
         }
     }
 
-    /// Called on every pick (one load when nothing is saturated): clears
+    /// Called on every pick and at the end of every run (one load when
+    /// nothing is saturated; a run's end returns its permit): clears
     /// the saturation once the limit that was hit is back at half or less
     /// (hysteresis, so a queue hovering at its capacity stays saturated).
     /// A queue limit can only be relieved where the pick took a queue below

@@ -12,7 +12,7 @@ use crate::cancel::CancelReason;
 use crate::priority::Priority;
 use crate::sync::{Arc, Ordering};
 use crate::task::{Job, RunEnd, TaskContext, TaskStatus, Work, RUNNING, ZOMBIE};
-use crate::telemetry::{Event, RestartCause, ScaleReason};
+use crate::telemetry::{Event, RestartCause, ScaleReason, TierCounters};
 
 /// What the loop does after a run.
 #[derive(PartialEq, Eq)]
@@ -245,17 +245,23 @@ impl PoolShared {
         // window a fresh read has between the read and the start, a little
         // longer. Kept as nanoseconds on the clock's epoch too: every
         // duration below is an integer subtraction.
-        let (start, start_n) = match last_end.take() {
-            Some((t, n)) if n >= core.submitted => (t, n),
-            _ => {
-                let t = self.clock.now();
-                (t, self.clock.nanos(t))
-            }
-        };
+        let reused = last_end.take().filter(|&(_, n)| n >= core.submitted);
+        let (mut start, mut start_n) = reused.unwrap_or_else(|| {
+            let t = self.clock.now();
+            (t, self.clock.nanos(t))
+        });
         let Some(attempt) = core.start() else {
             *last_end = Some((start, start_n));
             return After::Continue; // discarded while queued
         };
+        if attempt > 1 && reused.is_some() {
+            // A restart or retry was queued again after its submission, at
+            // a time the core does not keep: the reused end may predate it.
+            // Read now (after the start, so such a run's deadline can only
+            // come late by a racing clock move, never early).
+            start = self.clock.now();
+            start_n = self.clock.nanos(start);
+        }
         // Queue wait is submit → first start; a restart or retry waited
         // for other reasons (preemption, backoff).
         let waited = (attempt == 1).then(|| start_n.saturating_sub(core.submitted));
@@ -303,6 +309,14 @@ impl PoolShared {
         core.clear_watch();
         *slot.current.lock() = None;
         let left = core.finish();
+        // Lowers `running` when dropped at the end of the booking below, or
+        // on the way out if a value's `Drop` panics in it (a returned
+        // result dropped with its last reference, a closure's captures):
+        // the worker dies and is replaced, but the count stays true.
+        let running = StillRunning {
+            counters: &self.counters,
+            counted: left == RUNNING,
+        };
         let id = core.id;
         let spent = match end {
             RunEnd::Settled => {
@@ -342,9 +356,7 @@ impl PoolShared {
         // result counted, permit back, events sent), which drains and
         // tests wait for; a restart counted into the queue meanwhile is
         // briefly seen in both, never in neither.
-        if left == RUNNING {
-            self.counters.stopped_running();
-        }
+        drop(running);
         self.notify_drain();
         if left == ZOMBIE {
             let mut t = self.threads.lock();
@@ -577,6 +589,21 @@ impl Drop for DeathGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.pool.worker_died(self.slot);
+        }
+    }
+}
+
+/// A run still counted in `running` while its booking goes on (see
+/// `run_started`): lowered once, when this is dropped, unwinding or not.
+struct StillRunning<'a> {
+    counters: &'a TierCounters,
+    counted: bool,
+}
+
+impl Drop for StillRunning<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.counters.stopped_running();
         }
     }
 }
