@@ -196,3 +196,63 @@ fn a_refused_permit_does_not_wake_its_own_submitter() {
         assert!(h.join().is_ok());
     }
 }
+
+/// The same for the tier-wide `max_queued`: a submitter refused by the
+/// total (its level has room) gets the first place a pick gives up.
+#[test]
+fn submit_wait_gets_the_first_place_max_queued_gives_up() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            t.workers(1)
+                .queue_capacity(8)
+                .max_queued(4)
+                .max_in_flight(None)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
+    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
+    let held = move || {
+        let (rx, started) = (token_rx.clone(), started_tx.clone());
+        move |_: &tierpool::TaskContext| {
+            let _ = started.send(());
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Ok::<_, Infallible>(())
+        }
+    };
+    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for _ in 0..4 {
+        handles.push(ui.submit(Priority::Normal, held()).unwrap());
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let waiter = {
+        let (ui, task) = (ui.clone(), held());
+        std::thread::spawn(move || {
+            // Another level, with room of its own: only the total refuses.
+            let r = ui.submit_wait(Priority::Low, task, Duration::from_secs(60));
+            let _ = done_tx.send(r.is_ok());
+            r.ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        done_rx.try_recv().is_err(),
+        "max_queued is reached: it must wait"
+    );
+    token_tx.send(()).unwrap();
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the blocked submitter should take the place given up"
+    );
+    handles.extend(waiter.join().unwrap());
+    for _ in 0..handles.len() {
+        token_tx.send(()).unwrap();
+    }
+    for h in handles {
+        assert!(h.join().is_ok());
+    }
+}
