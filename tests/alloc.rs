@@ -226,3 +226,30 @@ fn a_task_budget_overrides_the_tier_budget() {
     rt_tight.shutdown(Duration::from_secs(5));
     rt.shutdown(Duration::from_secs(5));
 }
+
+/// The task's budget survives `.restartable()` (set before it) and holds
+/// on a restartable run like on any other.
+#[test]
+fn a_restartable_task_keeps_its_budget() {
+    let rt = Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark())
+        .build()
+        .unwrap();
+    // Bound first: a closure written in `.task(..)` takes its kind from
+    // that FnOnce bound, and `.restartable()` needs an FnMut.
+    let hold_four = |ctx: &tierpool::TaskContext| {
+        let _v = allocate(4 * MIB);
+        ctx.checkpoint()?;
+        Ok::<_, Cancelled>(())
+    };
+    let h = rt
+        .background()
+        .task(hold_four)
+        .memory_budget(2 * MIB)
+        .restartable()
+        .submit()
+        .unwrap();
+    let e = h.join().unwrap_err();
+    assert_eq!(e.cancel_reason(), Some(CancelReason::Memory), "{e}");
+    rt.shutdown(Duration::from_secs(5));
+}
