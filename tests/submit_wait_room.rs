@@ -82,6 +82,103 @@ fn submit_wait_at_the_tier_limit_gets_in_when_a_task_ends() {
     assert!(second.join().is_ok());
 }
 
+/// Tasks that each hold their worker until handed a token, and say when
+/// they start.
+struct Held {
+    token_tx: crossbeam_channel::Sender<()>,
+    token_rx: crossbeam_channel::Receiver<()>,
+    started_tx: crossbeam_channel::Sender<()>,
+    started_rx: crossbeam_channel::Receiver<()>,
+}
+
+impl Held {
+    fn new() -> Self {
+        let (token_tx, token_rx) = crossbeam_channel::unbounded();
+        let (started_tx, started_rx) = crossbeam_channel::unbounded();
+        Held {
+            token_tx,
+            token_rx,
+            started_tx,
+            started_rx,
+        }
+    }
+
+    fn task(
+        &self,
+    ) -> impl FnOnce(&tierpool::TaskContext) -> Result<(), Infallible> + Send + 'static {
+        let (rx, started) = (self.token_rx.clone(), self.started_tx.clone());
+        move |_| {
+            let _ = started.send(());
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Ok(())
+        }
+    }
+
+    /// Waits until one more held task has started.
+    fn started(&self) {
+        self.started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
+    }
+
+    /// One held task on the worker (started), `queued` more behind it.
+    fn fill(
+        &self,
+        ui: &tierpool::Tier,
+        queued: usize,
+    ) -> Vec<tierpool::TaskHandle<(), Infallible>> {
+        let mut handles = vec![ui.submit(Priority::Normal, self.task()).unwrap()];
+        self.started();
+        for _ in 0..queued {
+            handles.push(ui.submit(Priority::Normal, self.task()).unwrap());
+        }
+        handles
+    }
+
+    /// Hands every task a token and checks they all completed.
+    fn release_all(&self, handles: Vec<tierpool::TaskHandle<(), Infallible>>) {
+        for _ in 0..handles.len() {
+            self.token_tx.send(()).unwrap();
+        }
+        for h in handles {
+            assert!(h.join().is_ok());
+        }
+    }
+}
+
+/// Fills `rt`'s ui tier (one held task running, four queued at normal),
+/// blocks a `submit_wait` at `priority`, then lets exactly one place come
+/// free — the worker takes the next task, which holds it again — and checks
+/// the blocked submitter takes it.
+fn blocked_submitter_takes_the_first_place(rt: Runtime, priority: Priority, refused_by: &str) {
+    let ui = rt.ui().clone();
+    let held = Held::new();
+    let mut handles = held.fill(&ui, 4);
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let waiter = {
+        let (ui, task) = (ui.clone(), held.task());
+        std::thread::spawn(move || {
+            let r = ui.submit_wait(priority, task, Duration::from_secs(60));
+            let _ = done_tx.send(r.is_ok());
+            r.ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        done_rx.try_recv().is_err(),
+        "{refused_by} is reached: it must wait"
+    );
+    held.token_tx.send(()).unwrap();
+    held.started();
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the blocked submitter should take the place given up"
+    );
+    handles.extend(waiter.join().unwrap());
+    held.release_all(handles);
+}
+
 /// One place given up by a full queue is enough: the blocked submitter
 /// gets it, though the queue never drains further. (A waiter used to be
 /// woken only once half the queue had drained, so with slow tasks a
@@ -93,53 +190,7 @@ fn submit_wait_gets_the_first_place_a_full_queue_gives_up() {
         .ui(|t| t.workers(1).queue_capacity(4).max_in_flight(None))
         .build()
         .unwrap();
-    let ui = rt.ui().clone();
-    // Each task holds its worker until it is handed a token.
-    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
-    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
-    let held = move || {
-        let (rx, started) = (token_rx.clone(), started_tx.clone());
-        move |_: &tierpool::TaskContext| {
-            let _ = started.send(());
-            let _ = rx.recv_timeout(Duration::from_secs(30));
-            Ok::<_, Infallible>(())
-        }
-    };
-    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
-    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    for _ in 0..4 {
-        handles.push(ui.submit(Priority::Normal, held()).unwrap());
-    }
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let waiter = {
-        let (ui, task) = (ui.clone(), held());
-        std::thread::spawn(move || {
-            let r = ui.submit_wait(Priority::Normal, task, Duration::from_secs(60));
-            let _ = done_tx.send(r.is_ok());
-            r.ok()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        done_rx.try_recv().is_err(),
-        "the queue is full: it must wait"
-    );
-    // The running task ends; the worker takes the next one, which holds it
-    // again: exactly one place comes free, and stays the only one.
-    token_tx.send(()).unwrap();
-    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(
-        done_rx.recv_timeout(Duration::from_secs(10)),
-        Ok(true),
-        "the blocked submitter should take the place given up"
-    );
-    handles.extend(waiter.join().unwrap());
-    for _ in 0..handles.len() {
-        token_tx.send(()).unwrap();
-    }
-    for h in handles {
-        assert!(h.join().is_ok());
-    }
+    blocked_submitter_takes_the_first_place(rt, Priority::Normal, "the queue's capacity");
 }
 
 /// A blocked submitter whose own retry takes the queue's last place and is
@@ -160,21 +211,8 @@ fn a_refused_permit_does_not_wake_its_own_submitter() {
     let ui = rt.ui().clone();
     // One task holds the worker, three wait: four in flight (the limit),
     // three of the level's four places taken.
-    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
-    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
-    let held = || {
-        let (rx, started) = (token_rx.clone(), started_tx.clone());
-        move |_: &tierpool::TaskContext| {
-            let _ = started.send(());
-            let _ = rx.recv_timeout(Duration::from_secs(30));
-            Ok::<_, Infallible>(())
-        }
-    };
-    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
-    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    for _ in 0..3 {
-        handles.push(ui.submit(Priority::Normal, held()).unwrap());
-    }
+    let held = Held::new();
+    let handles = held.fill(&ui, 3);
     let waiter = {
         let ui = ui.clone();
         std::thread::spawn(move || {
@@ -189,16 +227,12 @@ fn a_refused_permit_does_not_wake_its_own_submitter() {
         "{reason:?}"
     );
     assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
-    for _ in 0..handles.len() {
-        token_tx.send(()).unwrap();
-    }
-    for h in handles {
-        assert!(h.join().is_ok());
-    }
+    held.release_all(handles);
 }
 
 /// The same for the tier-wide `max_queued`: a submitter refused by the
-/// total (its level has room) gets the first place a pick gives up.
+/// total (its level has room; it submits at another level) gets the first
+/// place a pick gives up.
 #[test]
 fn submit_wait_gets_the_first_place_max_queued_gives_up() {
     let rt = Runtime::builder()
@@ -210,49 +244,5 @@ fn submit_wait_gets_the_first_place_max_queued_gives_up() {
         })
         .build()
         .unwrap();
-    let ui = rt.ui().clone();
-    let (token_tx, token_rx) = crossbeam_channel::unbounded::<()>();
-    let (started_tx, started_rx) = crossbeam_channel::unbounded::<()>();
-    let held = move || {
-        let (rx, started) = (token_rx.clone(), started_tx.clone());
-        move |_: &tierpool::TaskContext| {
-            let _ = started.send(());
-            let _ = rx.recv_timeout(Duration::from_secs(30));
-            Ok::<_, Infallible>(())
-        }
-    };
-    let mut handles = vec![ui.submit(Priority::Normal, held()).unwrap()];
-    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    for _ in 0..4 {
-        handles.push(ui.submit(Priority::Normal, held()).unwrap());
-    }
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let waiter = {
-        let (ui, task) = (ui.clone(), held());
-        std::thread::spawn(move || {
-            // Another level, with room of its own: only the total refuses.
-            let r = ui.submit_wait(Priority::Low, task, Duration::from_secs(60));
-            let _ = done_tx.send(r.is_ok());
-            r.ok()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        done_rx.try_recv().is_err(),
-        "max_queued is reached: it must wait"
-    );
-    token_tx.send(()).unwrap();
-    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(
-        done_rx.recv_timeout(Duration::from_secs(10)),
-        Ok(true),
-        "the blocked submitter should take the place given up"
-    );
-    handles.extend(waiter.join().unwrap());
-    for _ in 0..handles.len() {
-        token_tx.send(()).unwrap();
-    }
-    for h in handles {
-        assert!(h.join().is_ok());
-    }
+    blocked_submitter_takes_the_first_place(rt, Priority::Low, "max_queued");
 }

@@ -133,9 +133,9 @@ impl PoolShared {
                 }
             },
         )?;
-        // A pick from a full level wakes its blocked submitters (in
-        // `unreserve`; see `RoomWaiter::wait` for why that costs a futex
-        // call only when one really sleeps).
+        // A pick from a full limit, or one crossing half of it, wakes the
+        // blocked submitters (in `unreserve`; see `RoomWaiter::wait` for why
+        // that costs a futex call only when one really sleeps).
         let crossed_half = self.unreserve(picked.0);
         self.check_saturation(crossed_half);
         Some(picked)
