@@ -1,5 +1,5 @@
 //! Profiling driver: the dispatch workload on one contender, for perf or
-//! callgrind. `profile_dispatch <tierpool|notimeout|bare|threadpool> <workers> <submitters> <rounds> [tasks] [queue capacity]`
+//! callgrind. `profile_dispatch <tierpool|notimeout|bare|bare-payload|threadpool> <workers> <submitters> <rounds> [tasks] [queue capacity]`
 #[path = "../benches/support/mod.rs"]
 mod support;
 
@@ -21,6 +21,12 @@ fn main() {
     match which {
         "bare" => {
             let p = BarePool::new(w, cap);
+            for _ in 0..rounds {
+                total += dispatch(&p, s, tasks);
+            }
+        }
+        "bare-payload" => {
+            let p = WithPayload(BarePool::new(w, cap));
             for _ in 0..rounds {
                 total += dispatch(&p, s, tasks);
             }

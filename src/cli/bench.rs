@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use support::contenders::{
     tierpool_isolated, tierpool_ui, BarePool, Features, RayonPool, ThreadpoolCrate, TierExec,
+    WithPayload,
 };
 use support::report::{ms, Summary, Table};
 use support::workload::{dispatch, head_of_line, HolConfig, HolRun, Spinner};
@@ -248,6 +249,7 @@ const QUEUE_CAPACITY: usize = 1024;
 
 enum Contender {
     Bare(BarePool),
+    BareWithPayload(WithPayload<BarePool>),
     Threadpool(ThreadpoolCrate),
     Rayon(RayonPool),
     Tierpool {
@@ -272,6 +274,7 @@ impl Contender {
     fn run(&self, submitters: usize, tasks: usize) -> Duration {
         match self {
             Contender::Bare(p) => dispatch(p, submitters, tasks),
+            Contender::BareWithPayload(p) => dispatch(p, submitters, tasks),
             Contender::Threadpool(p) => dispatch(p, submitters, tasks),
             Contender::Rayon(p) => dispatch(p, submitters, tasks),
             Contender::Tierpool { exec, .. } => dispatch(exec, submitters, tasks),
@@ -283,7 +286,7 @@ fn dispatch_report(s: &Settings) -> (String, Vec<String>) {
     let mut out = String::from("## Tiny-task dispatch (submit → completion)\n\n");
     let _ = writeln!(
         out,
-        "{} tasks per round, median of {} interleaved rounds (after one warm-up); tierpool on the ui tier with no admission limit, per-level queue {QUEUE_CAPACITY}, blocking `submit_wait`, handles dropped; bare pool channel {QUEUE_CAPACITY}.\n",
+        "{} tasks per round, median of {} interleaved rounds (after one warm-up); tierpool on the ui tier with no admission limit, per-level queue {QUEUE_CAPACITY}, blocking `submit_wait`, handles dropped; bare pool channel {QUEUE_CAPACITY}. Every ratio is against the bare pool running the workload's own 16-byte closures; the last row per configuration is the same bare pool with 168 bytes more captured per task (context, not a target: a task capturing a few strings; past glibc malloc's 120-byte fast bins the boxes freed on workers contend for the submitter's arena lock).\n",
         s.tasks, s.rounds
     );
     let mut table = Table::new(&[
@@ -314,6 +317,10 @@ fn dispatch_report(s: &Settings) -> (String, Vec<String>) {
                 (
                     "tierpool (no timeouts)",
                     Contender::tierpool(workers, Features::NoTimeouts),
+                ),
+                (
+                    "bare pool, 184-byte tasks (context)",
+                    Contender::BareWithPayload(WithPayload(BarePool::new(workers, QUEUE_CAPACITY))),
                 ),
             ];
             let mut times: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
