@@ -487,8 +487,25 @@ impl Drop for Job {
         // (a queue dropped at shutdown, a failed re-queue) still settles.
         // A plain load first: almost every job is dropped after its run,
         // and a failing compare-exchange still takes the line exclusive.
-        if self.core.state() == QUEUED {
+        let state = self.core.state();
+        if state == QUEUED {
+            // Nobody else holds the job, so nobody can start it: after
+            // this it is DISCARDED, by this call or a racing cancel.
             self.core.discard(CancelReason::Shutdown);
+        }
+        if state == QUEUED || state == DISCARDED {
+            // It never ran and never will: what its closure captured goes
+            // now, as the queue lets go of it — not with the last handle,
+            // which a caller may keep long after a cancel (a captured
+            // sender would keep its receiver waiting until then).
+            // Isolated: a capture that panics when dropped must not unwind
+            // into a worker's loop or out of `shutdown`.
+            let body = std::panic::AssertUnwindSafe(|| self.core.slot.drop_body());
+            if std::panic::catch_unwind(body).is_err() {
+                tlog!(error, target: "tierpool::task",
+                    "{}: task {} was never run; a value its closure captured panicked when dropped",
+                    self.core.tier, self.core.id);
+            }
         }
     }
 }
