@@ -33,7 +33,7 @@ use crate::stats::Stats;
 use crate::supervisor::{
     forward_breaker_events, Held, Registry, RestartError, RestartReport, Supervise,
 };
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::task::TaskId;
 use crate::telemetry::{Event, EventBus, DEFAULT_EVENT_CAPACITY};
 use crate::tier::Tier;
@@ -233,6 +233,7 @@ impl RuntimeBuilder {
             clock: self.clock,
             drop_grace: self.drop_grace,
             report: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
         };
         for t in &rt.tiers {
             if let Err(e) = t.pool.start() {
@@ -282,7 +283,13 @@ pub struct Runtime {
     watchdog: Arc<Watchdog>,
     clock: Clock,
     drop_grace: Duration,
+    /// Held for the whole shutdown, so a second call waits for the first
+    /// and returns its report.
     report: Mutex<Option<ShutdownReport>>,
+    /// Set as shutdown begins; read without the lock, so code that runs
+    /// during a shutdown (a task's captured value dropped with its task,
+    /// a listener) can ask the runtime about itself without deadlocking.
+    shutting_down: AtomicBool,
 }
 
 impl Runtime {
@@ -488,9 +495,10 @@ impl Runtime {
         self.tiers.iter().for_each(Tier::resume);
     }
 
-    /// Whether [`shutdown`](Runtime::shutdown) has run.
+    /// Whether [`shutdown`](Runtime::shutdown) has begun (it may still
+    /// be draining; a runtime shutting down admits nothing).
     pub fn is_shut_down(&self) -> bool {
-        self.report.lock().is_some()
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Stops admitting, lets queued and running work finish for up to
@@ -502,6 +510,7 @@ impl Runtime {
         if let Some(r) = &*slot {
             return r.clone();
         }
+        self.shutting_down.store(true, Ordering::SeqCst);
         let started = Instant::now();
         // Timers and batch workers first: their work runs on the tiers.
         self.scheduler.shutdown();
@@ -515,9 +524,11 @@ impl Runtime {
             self.tiers.iter().all(|t| t.pool.wait_drained(deadline))
         };
         let mut per_tier: Vec<StopOutcome> = Vec::new();
+        let mut leftovers = Vec::new();
         for t in &self.tiers {
             let mut out = StopOutcome::default();
             t.pool.stop(&mut out);
+            leftovers.append(&mut out.leftovers);
             per_tier.push(out);
         }
         let grace_after_cancel = self
@@ -562,6 +573,10 @@ impl Runtime {
         report.took = started.elapsed();
         tlog!(info, target: "tierpool::supervisor", "shutdown: {report}");
         *slot = Some(report.clone());
+        drop(slot);
+        // Settled already (counted, handles resolved); their closures go
+        // now, outside the lock (see `StopOutcome::leftovers`).
+        drop(leftovers);
         report
     }
 

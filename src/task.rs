@@ -420,6 +420,17 @@ impl<S: ?Sized + Settle> TaskCoreOf<S> {
 }
 
 impl TaskCore {
+    /// Drops the task's closure and what it captured, now, wherever it is
+    /// called (a worker, `shutdown`, a timer): a captured value whose
+    /// `Drop` panics is caught and logged, so it cannot unwind into a
+    /// worker's loop, out of `shutdown`, or into whoever cancelled.
+    pub(crate) fn drop_body(&self) {
+        let body = std::panic::AssertUnwindSafe(|| self.slot.drop_body());
+        if std::panic::catch_unwind(body).is_err() {
+            captures_panicked(self.tier, self.id);
+        }
+    }
+
     /// Cancels wherever the task is. A queued task is discarded now; a
     /// running one has its token cancelled and its slot settled, unless it
     /// is a restartable task being preempted (it will run again).
@@ -498,14 +509,7 @@ impl Drop for Job {
             // now, as the queue lets go of it — not with the last handle,
             // which a caller may keep long after a cancel (a captured
             // sender would keep its receiver waiting until then).
-            // Isolated: a capture that panics when dropped must not unwind
-            // into a worker's loop or out of `shutdown`.
-            let body = std::panic::AssertUnwindSafe(|| self.core.slot.drop_body());
-            if std::panic::catch_unwind(body).is_err() {
-                tlog!(error, target: "tierpool::task",
-                    "{}: task {} was never run; a value its closure captured panicked when dropped",
-                    self.core.tier, self.core.id);
-            }
+            self.core.drop_body();
         }
     }
 }
@@ -578,10 +582,22 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
         if matches!(end, RunEnd::Settled | RunEnd::Late) {
             let done = body.take();
             drop(body);
-            drop(done);
+            // Isolated like `TaskCore::drop_body`: the run is over and
+            // its outcome settled; a capture panicking on drop changes
+            // neither.
+            let captures = std::panic::AssertUnwindSafe(move || drop(done));
+            if std::panic::catch_unwind(captures).is_err() {
+                captures_panicked(ctx.tier(), ctx.id());
+            }
         }
         end
     }
+}
+
+#[cold]
+fn captures_panicked(tier: &str, id: TaskId) {
+    tlog!(error, target: "tierpool::task",
+        "{tier}: task {id}: a value its closure captured panicked when dropped (caught)");
 }
 
 /// The body of a run-once closure.

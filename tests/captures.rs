@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::*;
-use tierpool::{CancelReason, Priority, Runtime, TaskContext, TaskError};
+use tierpool::{CancelReason, ManualClock, Priority, Runtime, TaskContext, TaskError};
 
 /// Counts its drops.
 struct Capture(Arc<AtomicUsize>);
@@ -49,8 +49,8 @@ fn a_cancelled_queued_task_drops_its_captures_when_it_leaves_the_queue() {
     for h in busy {
         h.join().unwrap();
     }
-    // The worker takes the discarded job out of the queue and lets it go.
-    wait("the queue empties", || tier.stats().queued == 0);
+    // The worker takes the discarded job out of the queue and lets it go
+    // (the cancel already counted it out of `queued`).
     wait("the captures are dropped", || {
         dropped.load(Ordering::SeqCst) == 1
     });
@@ -82,8 +82,9 @@ fn tasks_that_never_started_at_shutdown_drop_their_captures() {
             .unwrap()
         })
         .collect();
-    // Open the gate only once shutdown has stopped admitting and drained
-    // the queue as never started (a zero grace: nothing queued runs).
+    // Paused, the tier starts nothing more, whenever the gate opens (a
+    // zero-grace shutdown keeps the pause): the five never start.
+    tier.pause();
     let opener = {
         let gate = gate.clone();
         std::thread::spawn(move || {
@@ -128,6 +129,7 @@ fn a_capture_that_panics_when_dropped_does_not_break_shutdown() {
             Ok::<_, String>(())
         })
         .unwrap();
+    tier.pause(); // it never starts (see the test above)
     let opener = {
         let gate = gate.clone();
         std::thread::spawn(move || {
@@ -146,4 +148,108 @@ fn a_capture_that_panics_when_dropped_does_not_break_shutdown() {
     let s = rt.stats();
     let bg = s.tier("background").unwrap();
     assert_eq!(bg.outcomes(), bg.submitted, "{s}");
+}
+
+/// Asks the runtime about itself when dropped.
+struct AsksTheRuntime(Arc<Runtime>, mpsc::Sender<bool>);
+
+impl Drop for AsksTheRuntime {
+    fn drop(&mut self) {
+        let _ = self.0.health();
+        let _ = self.1.send(self.0.is_shut_down());
+    }
+}
+
+#[test]
+fn a_capture_that_calls_the_runtime_when_dropped_at_shutdown_does_not_deadlock() {
+    let rt = Arc::new(one_worker());
+    let tier = rt.background().clone();
+    let (gate, _busy) = occupy(&tier, 1);
+    let (tx, asked) = mpsc::channel();
+    let capture = AsksTheRuntime(rt.clone(), tx);
+    let queued = tier
+        .submit(Priority::Normal, move |_: &TaskContext| {
+            let _keep = &capture;
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    tier.pause();
+    let (done_tx, done) = mpsc::channel();
+    let stopper = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let report = rt.shutdown(Duration::ZERO);
+            let _ = done_tx.send(report.never_started.len());
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    gate.open();
+    // A deadlock leaves the stopper stuck; the test fails instead of hanging.
+    let never_started = done.recv_timeout(Duration::from_secs(30)).expect(
+        "shutdown returned (a capture asking the runtime about itself must not deadlock it)",
+    );
+    assert_eq!(never_started, 1);
+    assert_eq!(
+        asked.recv_timeout(Duration::from_secs(5)),
+        Ok(true),
+        "it saw the shutdown"
+    );
+    stopper.join().unwrap();
+    assert!(matches!(
+        queued.join(),
+        Err(TaskError::Cancelled(CancelReason::Shutdown))
+    ));
+}
+
+/// Moves the manual clock on when dropped: a capture whose `Drop` takes a
+/// second.
+struct SlowToDrop(ManualClock);
+
+impl Drop for SlowToDrop {
+    fn drop(&mut self) {
+        self.0.advance(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_slow_capture_drop_at_the_pick_does_not_eat_into_the_next_tasks_timeout() {
+    let m = ManualClock::new();
+    let rt = Runtime::builder()
+        .clock(m.clock())
+        .background(|t| {
+            t.workers(1)
+                .no_memory_watermark()
+                .timeout(Duration::from_millis(500))
+                .warn_after(None)
+        })
+        .build()
+        .expect("runtime");
+    let tier = rt.background();
+    let (gate, busy) = occupy(tier, 1);
+    let slow = SlowToDrop(m.clone());
+    let cancelled = tier
+        .submit(Priority::Normal, move |_: &TaskContext| {
+            let _keep = &slow;
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    let next = tier
+        .submit(Priority::Normal, |ctx: &TaskContext| {
+            Ok::<_, String>(ctx.remaining())
+        })
+        .unwrap();
+    assert!(cancelled.cancel());
+    gate.open();
+    for h in busy {
+        h.join().unwrap();
+    }
+    // The discarded task's capture moved the clock a second on as the
+    // worker let it go; the next task's 500 ms count from its own start,
+    // after that, not from the previous task's end.
+    assert_eq!(
+        next.join().unwrap(),
+        Some(Duration::from_millis(500)),
+        "the whole timeout is left at the start"
+    );
+    rt.shutdown(Duration::from_secs(5));
 }

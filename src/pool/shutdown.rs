@@ -17,16 +17,21 @@ use super::PoolShared;
 use crate::cancel::CancelReason;
 use crate::runtime::PhaseDeadline;
 use crate::sync::Ordering;
-use crate::task::{TaskId, Work, ZOMBIE};
+use crate::task::{Job, TaskId, Work, ZOMBIE};
 
 /// What stopping one pool found.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub(crate) struct StopOutcome {
     pub(crate) never_started: Vec<TaskId>,
     pub(crate) cancelled_running: Vec<TaskId>,
     pub(crate) zombies: Vec<TaskId>,
     pub(crate) threads_joined: usize,
     pub(crate) threads_detached: usize,
+    /// The jobs taken off the queue, settled as never started: dropped by
+    /// the runtime once its shutdown lock is released, since dropping one
+    /// drops the task's closure, and a captured value's `Drop` may call
+    /// back into the runtime.
+    pub(crate) leftovers: Vec<Job>,
 }
 
 impl PoolShared {
@@ -72,6 +77,7 @@ impl PoolShared {
                 if job.core.discard(CancelReason::Shutdown) {
                     out.never_started.push(job.core.id);
                 }
+                out.leftovers.push(job);
             }
         }
         for r in self.reserved.iter() {

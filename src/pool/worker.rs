@@ -251,8 +251,11 @@ impl PoolShared {
             (t, self.clock.nanos(t))
         });
         let Some(attempt) = core.start() else {
-            *last_end = Some((start, start_n));
-            return After::Continue; // discarded while queued
+            // Discarded while queued. Dropping the job drops its closure
+            // (`Job`'s drop), which may take a while: the next task reads
+            // the clock afresh rather than start at a time before that.
+            drop(job);
+            return After::Continue;
         };
         if attempt > 1 && reused.is_some() {
             // A restart or retry was queued again after its submission, at
@@ -290,7 +293,7 @@ impl PoolShared {
         let end = if ctx.is_cancelled() && ctx.core().slot.outcome().is_some() {
             // Settled before its body started: the closure goes now, as it
             // would after a run (its captures may report on drop).
-            ctx.core().slot.drop_body();
+            ctx.core().drop_body();
             RunEnd::Late
         } else {
             ctx.core().slot.run(&ctx)
@@ -420,7 +423,7 @@ impl PoolShared {
                 tlog!(info, target: "tierpool::pool", "{}: preempted task {} could not be re-queued", self.name(), core.id);
             }
             // Its run is over for good: the closure goes now, here.
-            core.slot.drop_body();
+            core.drop_body();
             core.release_permit();
             return;
         }
@@ -441,7 +444,7 @@ impl PoolShared {
             // racing it lands here.
             self.counters.requeue_abandoned();
             core.settle_cancelled(CancelReason::Shutdown);
-            core.slot.drop_body();
+            core.drop_body();
             core.release_permit();
             return;
         }
