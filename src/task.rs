@@ -584,7 +584,10 @@ impl<T: Send, E: Send, B: Body<T, E>> Settle for Typed<T, E, B> {
             drop(body);
             // Isolated like `TaskCore::drop_body`: the run is over and
             // its outcome settled; a capture panicking on drop changes
-            // neither.
+            // neither. (A run-once body consumed its closure inside the
+            // run's own catch, so its captures are gone already and a
+            // panic there was the task's; this drops what a restartable
+            // body keeps between runs.)
             let captures = std::panic::AssertUnwindSafe(move || drop(done));
             if std::panic::catch_unwind(captures).is_err() {
                 captures_panicked(ctx.tier(), ctx.id());
