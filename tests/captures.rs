@@ -30,6 +30,24 @@ fn one_worker() -> Runtime {
         .expect("runtime")
 }
 
+/// Shuts `rt` down with zero grace while its one background worker is held
+/// at `gate`; the gate opens a moment later, from another thread. The tier
+/// is paused first, so it starts nothing more whenever the gate opens (a
+/// zero-grace shutdown keeps the pause): everything queued never starts.
+fn shut_down_before_they_start(rt: &Runtime, gate: &CountingGate) -> tierpool::ShutdownReport {
+    rt.background().pause();
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            gate.open();
+        })
+    };
+    let report = rt.shutdown(Duration::ZERO);
+    opener.join().unwrap();
+    report
+}
+
 #[test]
 fn a_cancelled_queued_task_drops_its_captures_when_it_leaves_the_queue() {
     let rt = one_worker();
@@ -82,18 +100,7 @@ fn tasks_that_never_started_at_shutdown_drop_their_captures() {
             .unwrap()
         })
         .collect();
-    // Paused, the tier starts nothing more, whenever the gate opens (a
-    // zero-grace shutdown keeps the pause): the five never start.
-    tier.pause();
-    let opener = {
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            gate.open();
-        })
-    };
-    let report = rt.shutdown(Duration::ZERO);
-    opener.join().unwrap();
+    let report = shut_down_before_they_start(&rt, &gate);
     assert_eq!(report.never_started.len(), 5, "{report}");
     assert_eq!(
         dropped.load(Ordering::SeqCst),
@@ -129,16 +136,7 @@ fn a_capture_that_panics_when_dropped_does_not_break_shutdown() {
             Ok::<_, String>(())
         })
         .unwrap();
-    tier.pause(); // it never starts (see the test above)
-    let opener = {
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            gate.open();
-        })
-    };
-    let report = rt.shutdown(Duration::ZERO);
-    opener.join().unwrap();
+    let report = shut_down_before_they_start(&rt, &gate);
     assert_eq!(report.never_started, vec![queued.id()], "{report}");
     assert!(matches!(
         queued.join(),
