@@ -223,13 +223,31 @@ fn live_to_stderr(opts: &DemoOptions) -> bool {
 }
 
 /// Whether the dashboard will redraw in place (its stream is a terminal).
-pub(crate) fn redraws_in_place(opts: &DemoOptions) -> bool {
+fn redraws_in_place(opts: &DemoOptions) -> bool {
     !opts.quiet
         && if live_to_stderr(opts) {
             std::io::stderr().is_terminal()
         } else {
             std::io::stdout().is_terminal()
         }
+}
+
+/// The log lines the dashboard shows under its tables (see `logtap`).
+fn recent_log(tap: &super::logtap::LogTap) -> String {
+    let (lines, seen) = tap.recent();
+    if seen == 0 {
+        return String::new();
+    }
+    let mut s = format!(
+        "\nlog: last {} of {seen} line(s) (RUST_LOG sets the level)\n",
+        lines.len()
+    );
+    for l in lines {
+        s.push_str("  ");
+        s.push_str(&l);
+        s.push('\n');
+    }
+    s
 }
 
 fn emit(to_stderr: bool, text: &str) {
@@ -300,6 +318,8 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
     if !opts.quiet && !in_place {
         emit(to_stderr, &banner);
     }
+    let tap = super::logtap::LogTap::global();
+    tap.capture(in_place);
     let mut next = started + Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         thread::sleep(Duration::from_millis(20));
@@ -312,7 +332,7 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
                     // Clear, home, redraw.
                     emit(
                         to_stderr,
-                        &format!("\x1b[2J\x1b[H{banner}\n{}", view.table()),
+                        &format!("\x1b[2J\x1b[H{banner}\n{}{}", view.table(), recent_log(tap)),
                     );
                 } else {
                     emit(to_stderr, &format!("{}\n", view.line()));
@@ -321,6 +341,8 @@ pub(crate) fn run(opts: &DemoOptions) -> i32 {
         }
     }
     stop.store(true, Ordering::SeqCst);
+    // The dashboard is done: what shutdown logs goes to stderr again.
+    tap.capture(false);
     for h in load {
         let _ = h.join();
     }

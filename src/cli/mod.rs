@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod logtap;
 
 use std::time::Duration;
 
@@ -56,8 +57,9 @@ OPTIONS:
                             no drain report on stderr)
     -h, --help              this text
 
-Logs go to stderr through env_logger (default level warn; error while the
-dashboard redraws in place on a terminal): RUST_LOG=info
+Logs go to stderr through env_logger (default level warn; while the
+dashboard redraws in place on a terminal, its last lines show under the
+tables instead, and the count of all of them): RUST_LOG=info
 shows timeouts, zombies, breaker transitions and dead letters as they
 happen; RUST_LOG=off silences them.
 
@@ -106,15 +108,14 @@ impl Default for DemoOptions {
 
 pub(crate) fn main(args: Vec<String>) -> i32 {
     let parsed = parse(&args);
-    // Warnings would scroll between redraws of an in-place dashboard (it
-    // shows timeouts itself): there only errors are logged unless RUST_LOG
-    // says otherwise.
-    let level = match &parsed {
-        Ok(Command::Demo(o)) if demo::redraws_in_place(o) => "error",
-        _ => "warn",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // Through the tap: while the demo's dashboard redraws in place, the
+    // lines are kept and shown under its tables instead of being wiped by
+    // the next redraw (see `logtap`).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
+        .target(env_logger::Target::Pipe(Box::new(
+            logtap::LogTap::global().writer(),
+        )))
         .init();
     match parsed {
         Ok(Command::Help) => {
