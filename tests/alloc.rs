@@ -26,10 +26,7 @@ fn allocate(bytes: u64) -> Vec<u8> {
 fn bytes_are_attributed_to_the_task_that_allocated_them() {
     // One worker: both tasks run on the same thread, one after the other,
     // so a per-thread count that leaked from one run into the next shows.
-    let rt = Runtime::builder()
-        .background(|t| t.workers(1).no_memory_watermark())
-        .build()
-        .unwrap();
+    let rt = common::one_background_worker();
     let run = |bytes: u64| {
         rt.background()
             .submit(Priority::Normal, move |ctx| {
@@ -100,10 +97,7 @@ fn bytes_are_attributed_to_the_task_that_allocated_them() {
 
 #[test]
 fn a_context_read_off_its_worker_thread_reads_zero() {
-    let rt = Runtime::builder()
-        .background(|t| t.workers(1).no_memory_watermark())
-        .build()
-        .unwrap();
+    let rt = common::one_background_worker();
     let h = rt
         .background()
         .submit(Priority::Normal, |ctx| {
@@ -231,10 +225,7 @@ fn a_task_budget_overrides_the_tier_budget() {
 /// on a restartable run like on any other.
 #[test]
 fn a_restartable_task_keeps_its_budget() {
-    let rt = Runtime::builder()
-        .background(|t| t.workers(1).no_memory_watermark())
-        .build()
-        .unwrap();
+    let rt = common::one_background_worker();
     // Bound first: a closure written in `.task(..)` takes its kind from
     // that FnOnce bound, and `.restartable()` needs an FnMut.
     let hold_four = |ctx: &tierpool::TaskContext| {

@@ -23,13 +23,6 @@ impl Drop for Capture {
     }
 }
 
-fn one_worker() -> Runtime {
-    Runtime::builder()
-        .background(|t| t.workers(1).no_memory_watermark())
-        .build()
-        .expect("runtime")
-}
-
 /// Shuts `rt` down with zero grace while its one background worker is held
 /// at `gate`; the gate opens a moment later, from another thread. The tier
 /// is paused first, so it starts nothing more whenever the gate opens (a
@@ -50,7 +43,7 @@ fn shut_down_before_they_start(rt: &Runtime, gate: &CountingGate) -> tierpool::S
 
 #[test]
 fn a_cancelled_queued_task_drops_its_captures_when_it_leaves_the_queue() {
-    let rt = one_worker();
+    let rt = one_background_worker();
     let tier = rt.background();
     let (gate, busy) = occupy(tier, 1);
     let dropped = Arc::new(AtomicUsize::new(0));
@@ -86,7 +79,7 @@ fn a_cancelled_queued_task_drops_its_captures_when_it_leaves_the_queue() {
 
 #[test]
 fn tasks_that_never_started_at_shutdown_drop_their_captures() {
-    let rt = one_worker();
+    let rt = one_background_worker();
     let tier = rt.background();
     let (gate, busy) = occupy(tier, 1);
     let dropped = Arc::new(AtomicUsize::new(0));
@@ -126,7 +119,7 @@ impl Drop for Bomb {
 
 #[test]
 fn a_capture_that_panics_when_dropped_does_not_break_shutdown() {
-    let rt = one_worker();
+    let rt = one_background_worker();
     let tier = rt.background();
     let (gate, busy) = occupy(tier, 1);
     let bomb = Bomb;
@@ -160,7 +153,7 @@ impl Drop for AsksTheRuntime {
 
 #[test]
 fn a_capture_that_calls_the_runtime_when_dropped_at_shutdown_does_not_deadlock() {
-    let rt = Arc::new(one_worker());
+    let rt = Arc::new(one_background_worker());
     let tier = rt.background().clone();
     let (gate, _busy) = occupy(&tier, 1);
     let (tx, asked) = mpsc::channel();

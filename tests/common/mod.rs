@@ -237,6 +237,15 @@ pub fn runtime(background_workers: usize) -> (ManualClock, Runtime) {
     (m, rt)
 }
 
+/// A runtime on the system clock whose background tier has one worker and
+/// no memory watermark (so a loaded test machine cannot pause it).
+pub fn one_background_worker() -> Runtime {
+    Runtime::builder()
+        .background(|t| t.workers(1).no_memory_watermark())
+        .build()
+        .expect("runtime")
+}
+
 /// Advances manual time in `step`s until `cond` holds (10 s real limit).
 pub fn advance_until(m: &ManualClock, step: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
