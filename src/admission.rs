@@ -13,24 +13,25 @@
 //!    rejected or cancelled submission leaks nothing.
 //! 3. A blocked submitter always learns of a release that can let it in:
 //!    it announces itself in `room_waiters` before trying, and the waiter
-//!    blocks only while `room_gen` is unchanged since before its last try.
-//!    Notifications (a `room_gen` bump; the `room` lock and condvar only
+//!    blocks only while the generation of the [`Room`] it was refused for
+//!    (a queue place or a permit) is unchanged since before its last try.
+//!    Notifications (a generation bump; the `room` lock and condvar only
 //!    when a waiter sleeps) are edge-triggered: a release notifies only
 //!    when it leaves a limit that was reached (the global count or the
 //!    user's count was at its limit). That loses nothing: a submitter
 //!    rejected by a limit saw the count at it, and the first release after
-//!    that starts from it. (Queue room is signalled the same way by the
-//!    pool, when a worker gives up a place at a full level or
-//!    `max_queued`, and when a pick crosses half a limit. A submitter gives
-//!    back a place it took for a refused permit quietly — it would wake
-//!    itself — so a waiter refused only while that place was held learns
-//!    of room at the next half-way crossing, or at its deadline: narrow,
-//!    and not modelled.) A
+//!    that starts from it. Queue places are signalled the same way by the
+//!    pool, when a place is given up at a full level or `max_queued`
+//!    (a worker's pick, or a submitter handing back the place it took for
+//!    a permit it was refused), and when a pick crosses half a limit. The
+//!    two rooms have separate generations so that a submitter handing
+//!    back a place does not wake itself: it was refused a permit and
+//!    waits for a permit. A
 //!    SeqCst fence between announcing and trying, and between releasing and
 //!    looking for waiters, makes one side see the other; a waiter counts
-//!    itself in `room_sleepers` before its last look at `room_gen`, and a
-//!    notification bumps `room_gen` before it looks for sleepers (checked
-//!    by loom).
+//!    itself in `room_sleepers` before its last look at its generation,
+//!    and a notification bumps the generation before it looks for
+//!    sleepers (checked by loom, for both rooms).
 //!
 //! # Deadlock safety
 //!
@@ -52,8 +53,9 @@ pub(crate) struct Admission {
     /// Announced waiters that are blocked (or about to block) on
     /// `room_cv`: only then does a notification take the lock and wake.
     room_sleepers: AtomicUsize,
-    /// Bumped by every notification, so waiters can tell they missed none.
-    room_gen: AtomicU64,
+    /// Bumped by every notification of that [`Room`], so waiters can tell
+    /// they missed none.
+    room_gen: [AtomicU64; 2],
     room: Mutex<()>,
     room_cv: Condvar,
 }
@@ -74,7 +76,7 @@ impl Admission {
             users: Mutex::new(HashMap::new()),
             room_waiters: AtomicUsize::new(0),
             room_sleepers: AtomicUsize::new(0),
-            room_gen: AtomicU64::new(0),
+            room_gen: [AtomicU64::new(0), AtomicU64::new(0)],
             room: Mutex::new(()),
             room_cv: Condvar::new(),
         }
@@ -158,12 +160,20 @@ impl Admission {
     fn release_global(&self, user_was_full: bool) {
         let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if user_was_full || self.max_in_flight.is_some_and(|limit| before >= limit) {
-            self.notify_room();
+            self.notify(&[Room::Permit]);
         }
     }
 
-    /// Wakes blocked submitters, if any announced themselves (invariant 3).
+    /// Wakes the blocked submitters waiting for either room: something
+    /// freed both a place and a permit (a queued task discarded), or the
+    /// tier is shutting down (a waiter then learns it is refused for good).
     pub(crate) fn notify_room(&self) {
+        self.notify(&[Room::Place, Room::Permit]);
+    }
+
+    /// Wakes blocked submitters waiting for one of `rooms`, if any
+    /// announced themselves (invariant 3).
+    pub(crate) fn notify(&self, rooms: &[Room]) {
         // Pairs with the fence in `room_waiter`: the freed place (an
         // AcqRel decrement of `in_flight`, or a queue place) and the
         // waiter's announcement are different atomics, so without a fence
@@ -178,7 +188,9 @@ impl Admission {
             // which holds it from its count until the condvar releases it,
             // so the notification cannot fall between its look and its
             // sleep.
-            self.room_gen.fetch_add(1, Ordering::SeqCst);
+            for &room in rooms {
+                self.room_gen[room as usize].fetch_add(1, Ordering::SeqCst);
+            }
             // A store-buffering pair on two atomics: the fences (here and
             // in `wait`) make it hold under loom's weaker SeqCst model too.
             fence(Ordering::SeqCst);
@@ -192,11 +204,37 @@ impl Admission {
     /// Announces a blocked submitter; see [`RoomWaiter`].
     pub(crate) fn room_waiter(&self) -> RoomWaiter<'_> {
         self.room_waiters.fetch_add(1, Ordering::SeqCst);
-        // Announce before the first try; see `notify_room`.
+        // Announce before the first try; see `notify`.
         fence(Ordering::SeqCst);
         RoomWaiter {
             admission: self,
-            seen: self.room_gen.load(Ordering::SeqCst),
+            seen: self.generations(),
+        }
+    }
+
+    fn generations(&self) -> [u64; 2] {
+        [
+            self.room_gen[0].load(Ordering::SeqCst),
+            self.room_gen[1].load(Ordering::SeqCst),
+        ]
+    }
+}
+
+/// What a blocked submitter waits for: the kind of limit that refused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// A place in the queue (a full level, or `max_queued`).
+    Place = 0,
+    /// A permit (the tier's in-flight limit, or the user's).
+    Permit = 1,
+}
+
+impl Room {
+    /// The room a transient rejection waits for.
+    pub(crate) fn for_rejection(reason: &RejectReason) -> Room {
+        match reason {
+            RejectReason::QueueFull { .. } => Room::Place,
+            _ => Room::Permit,
         }
     }
 }
@@ -207,12 +245,16 @@ impl Admission {
 /// never missed (invariant 3).
 pub(crate) struct RoomWaiter<'a> {
     admission: &'a Admission,
-    seen: u64,
+    /// Both rooms' generations as of before the last try.
+    seen: [u64; 2],
 }
 
 impl RoomWaiter<'_> {
-    /// Blocks until capacity may have freed up or `deadline` passes on
-    /// `clock`; `false` once the deadline has passed.
+    /// Blocks until `room` may have freed up or `deadline` passes on
+    /// `clock`; `false` once the deadline has passed. `room` is what the
+    /// last try was refused for: a notification of the other room does
+    /// not end the wait (a submitter handing back the place it took for a
+    /// refused permit notifies place waiters, itself not among them).
     ///
     /// It spins and yields a little before it sleeps, as crossbeam's
     /// blocking channels do: under a stream of tiny tasks the room a full
@@ -221,10 +263,11 @@ impl RoomWaiter<'_> {
     /// busy machine the woken thread waits for a core while the workers
     /// empty the queue and go idle. Sleeping is for waits longer than
     /// that.
-    pub(crate) fn wait(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
+    pub(crate) fn wait(&mut self, room: Room, clock: &Clock, deadline: Option<Instant>) -> bool {
         let a = self.admission;
+        let (gen, seen) = (&a.room_gen[room as usize], self.seen[room as usize]);
         for step in 0..ROOM_SPIN_STEPS {
-            if a.room_gen.load(Ordering::SeqCst) != self.seen {
+            if gen.load(Ordering::SeqCst) != seen {
                 return self.took_notification(clock, deadline);
             }
             if step < ROOM_SPIN_STEPS / 2 {
@@ -237,8 +280,8 @@ impl RoomWaiter<'_> {
         }
         let mut g = a.room.lock();
         a.room_sleepers.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst); // pairs with the one in `notify_room`
-        while a.room_gen.load(Ordering::SeqCst) == self.seen {
+        fence(Ordering::SeqCst); // pairs with the one in `notify`
+        while gen.load(Ordering::SeqCst) == seen {
             if deadline.is_some_and(|d| clock.now() >= d) {
                 a.room_sleepers.fetch_sub(1, Ordering::SeqCst);
                 return false;
@@ -251,7 +294,7 @@ impl RoomWaiter<'_> {
     }
 
     fn took_notification(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
-        self.seen = self.admission.room_gen.load(Ordering::SeqCst);
+        self.seen = self.admission.generations();
         !deadline.is_some_and(|d| clock.now() >= d)
     }
 }
@@ -482,7 +525,7 @@ mod loom_tests {
                         match a2.try_acquire(None) {
                             Ok(p) => return p,
                             Err(RejectReason::TierLimit { .. }) => {
-                                assert!(waiter.wait(&clock, None))
+                                assert!(waiter.wait(Room::Permit, &clock, None))
                             }
                             Err(other) => panic!("unexpected rejection {other:?}"),
                         }
@@ -494,6 +537,64 @@ mod loom_tests {
                 assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
                 drop(permit);
                 assert_eq!(a.in_flight(), Some(0));
+            },
+        );
+    }
+
+    /// A queue place taken and handed back by a submitter refused a permit
+    /// (`PoolShared::submit`), against a blocking submitter refused that
+    /// place while it was held (the loop in `Tier::submit_with`): the
+    /// waiter always gets the place. The place is a count of capacity 1
+    /// standing in for a queue level, taken and given back as the pool's
+    /// `reserve` and `give_back_place` do, with the pool's notification
+    /// when it was full. Handed back without one (as before 2026-12-04),
+    /// the waiter sleeps through it: a loom deadlock.
+    #[test]
+    fn loom_place_handed_back_wakes_a_place_waiter() {
+        fn take(place: &AtomicUsize) -> bool {
+            place
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < 1).then_some(n + 1)
+                })
+                .is_ok()
+        }
+        loom_model(
+            "place_handed_back_wakes_a_place_waiter",
+            |_| {},
+            || {
+                let a = Arc::new(Admission::new(Some(1), None));
+                // The one permit is held: whoever takes the place is refused.
+                let held = a.try_acquire(None).unwrap();
+                let place = Arc::new(AtomicUsize::new(0));
+                let (a1, p1) = (a.clone(), place.clone());
+                let giver = loom::thread::spawn(move || {
+                    if take(&p1) {
+                        assert!(a1.try_acquire(None).is_err(), "the permit is held");
+                        if p1.fetch_sub(1, Ordering::AcqRel) >= 1 {
+                            a1.notify(&[Room::Place]);
+                        }
+                    }
+                });
+                let (a2, p2) = (a.clone(), place.clone());
+                let waiter = loom::thread::spawn(move || {
+                    if take(&p2) {
+                        return;
+                    }
+                    let clock = Clock::system();
+                    let mut waiter = a2.room_waiter();
+                    while !take(&p2) {
+                        assert!(waiter.wait(Room::Place, &clock, None));
+                    }
+                });
+                giver.join().unwrap();
+                waiter.join().unwrap();
+                assert_eq!(
+                    place.load(Ordering::SeqCst),
+                    1,
+                    "the waiter holds the place"
+                );
+                assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
+                drop(held);
             },
         );
     }
@@ -518,7 +619,7 @@ mod loom_tests {
                     loop {
                         match a2.try_acquire(None) {
                             Ok(p) => return Some(p),
-                            Err(_) if !waiter.wait(&clock, deadline) => return None,
+                            Err(_) if !waiter.wait(Room::Permit, &clock, deadline) => return None,
                             Err(_) => {}
                         }
                     }

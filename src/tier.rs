@@ -5,6 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::admission::Room;
 use crate::error::{RejectReason, SubmitError};
 use crate::health::{ComponentHealth, HealthReason};
 use crate::pool::config::TierConfig;
@@ -260,8 +261,9 @@ impl Tier {
                         r = Err(e);
                         break;
                     }
+                    let room = Room::for_rejection(e.reason());
                     let f = e.into_inner();
-                    if retried && !waiter.wait(&pool.clock, deadline) {
+                    if retried && !waiter.wait(room, &pool.clock, deadline) {
                         r = Err(SubmitError::new(RejectReason::DeadlineElapsed, f));
                         break;
                     }

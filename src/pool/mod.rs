@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub(crate) use shutdown::StopOutcome;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Room};
 use crate::cancel::CancelReason;
 use crate::clock::Clock;
 use crate::error::{RejectReason, SubmitError};
@@ -292,8 +292,15 @@ impl PoolShared {
         // The queue place first, then the permit: a rejection then never
         // takes and returns a permit, which would count as a release and
         // wake blocked submitters (`submit_wait` would spin). A place taken
-        // and given back for a refused permit is given back quietly for the
-        // same reason (`unreserve_quiet`).
+        // and given back for a refused permit wakes the submitters waiting
+        // for a place, as a pick does (one may have been refused only
+        // because this one held it), but not this one: refused a permit,
+        // it waits for a permit (`Room`). It used to be given back with no
+        // notification at all, since waking every waiter made a blocked
+        // submitter whose own retry took the last place wake itself and
+        // retry at full speed until its deadline (200–930 ms of CPU per
+        // second, found by a review); the other waiter then learnt of the
+        // place only at the next half-way crossing, or its deadline.
         let level = opts.priority.index();
         if !self.reserve(level) {
             let reason = self.queue_full();
@@ -309,7 +316,7 @@ impl PoolShared {
         let permit = match self.admission.acquire(opts.user.as_ref()) {
             Ok(p) => p,
             Err(reason) => {
-                self.unreserve_quiet(level);
+                self.unreserve(level);
                 if let RejectReason::TierLimit { limit } = reason {
                     self.mark_saturated(SaturatedLimit::InFlight(limit));
                 }
@@ -383,28 +390,25 @@ impl PoolShared {
         ok
     }
 
-    /// A place was given up by a worker (picked, or a re-queue abandoned).
-    /// A place given up at a full limit (the level's capacity or
-    /// `max_queued`) wakes the submitters blocked on it (edge-triggered,
-    /// like the in-flight limit's releases: a submitter refused by a full
-    /// queue saw it full, and the first place given up after that starts
-    /// from full); so does crossing the half-way mark, which catches a
-    /// waiter refused only while another submitter briefly held a place it
-    /// then gave back quietly. Returns `true` when this crossed the
-    /// half-way mark: where a saturated queue counts as relieved.
+    /// A place was given up: picked by a worker, a re-queue abandoned, or
+    /// handed back by a submitter refused a permit. A place given up at a
+    /// full limit (the level's capacity or `max_queued`) wakes the
+    /// submitters waiting for a place (edge-triggered, like the in-flight
+    /// limit's releases: a submitter refused by a full queue saw it full,
+    /// and the first place given up after that starts from full); so does
+    /// crossing the half-way mark (a second chance, cheap: once per half
+    /// queue). Returns `true` when this crossed the half-way mark: where a
+    /// saturated queue counts as relieved.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
         let (was_full, crossed_half) = self.give_back_place(level);
         if was_full || crossed_half {
-            self.admission.notify_room();
+            self.admission.notify(&[Room::Place]);
         }
         crossed_half
     }
 
-    /// A place a submitter took and gives back itself (its permit was
-    /// refused, or its push failed): no notification. A submitter blocked
-    /// in `submit_wait` whose own retry takes the last place and is refused
-    /// a permit would otherwise wake itself, and retry, at full speed until
-    /// its deadline (a review found it: 200–930 ms of CPU per second).
+    /// A place given back where nobody can be waiting for it (a push that
+    /// failed after its place was reserved, which does not happen).
     pub(crate) fn unreserve_quiet(&self, level: usize) {
         self.give_back_place(level);
     }
