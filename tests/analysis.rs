@@ -432,3 +432,111 @@ fn one_panicking_item_fails_only_that_item() {
         }
     }
 }
+
+/// A retried attempt's run deadline counts from when that attempt starts,
+/// even when its worker goes straight to it from another task. A worker
+/// going from task to task reuses the previous task's end as the next
+/// start (one clock read saved per task); the core keeps only the first
+/// submission time, so for a retry the worker must read the clock afresh,
+/// or the attempt would start before it was queued again and lose part of
+/// its timeout. Set up so the reuse is stale: the only worker finishes
+/// task `q` at t0, and the value `q` returns is dropped on the worker
+/// after that end was read (its handle is gone): its `Drop` moves the
+/// clock 3 s on and waits until the watchdog has queued the retry (the
+/// retry's timer, due at t0 + 1 s, fires before `marker`'s queue budget,
+/// due at t0 + 1.5 s, which the drop waits to see expire). The retry then
+/// runs next with the full 5 s left, not 2 s.
+#[test]
+fn a_retried_attempt_gets_its_full_timeout_after_a_busy_worker() {
+    use common::Gate;
+    use std::convert::Infallible;
+    use std::sync::mpsc;
+    use std::time::Instant;
+    use tierpool::{CancelReason, TaskHandle};
+
+    struct MovesTimeOnDrop {
+        m: ManualClock,
+        marker: Arc<TaskHandle<(), Infallible>>,
+    }
+    impl Drop for MovesTimeOnDrop {
+        fn drop(&mut self) {
+            self.m.advance(Duration::from_secs(3));
+            wait_until(
+                "the retry queued (the marker expired after it)",
+                LONG,
+                || self.marker.status() == TaskStatus::Cancelled(CancelReason::QueueExpired),
+            );
+        }
+    }
+
+    let m = ManualClock::new();
+    let rt = Runtime::builder()
+        .clock(m.clock())
+        .analysis(|t| t.workers(1))
+        .build()
+        .unwrap();
+    let a = rt.analysis();
+    let policy = RetryPolicy::builder()
+        .max_attempts(2)
+        .base_delay(Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let (seen_tx, seen) = mpsc::channel::<(Option<Instant>, Instant)>();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let retried = a
+        .request("retried", 1, move |ctx| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err("first attempt fails".to_string());
+            }
+            let _ = seen_tx.send((ctx.deadline(), ctx.clock().now()));
+            Ok(())
+        })
+        .retry(policy)
+        .timeout(Duration::from_secs(5))
+        .no_cache()
+        .submit()
+        .unwrap();
+    wait_until("retry scheduled", LONG, || a.tier().stats().retries == 1);
+
+    // Hold the only worker while the queue is set up behind it.
+    let gate = Gate::new();
+    let g = gate.clone();
+    let holder = a
+        .tier()
+        .submit(Priority::Normal, move |_| {
+            g.wait();
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    gate.wait_entered(1);
+    let marker = Arc::new(
+        a.tier()
+            .task(|_| Ok::<_, Infallible>(()))
+            .priority(Priority::Low)
+            .queue_budget(Duration::from_millis(1500))
+            .submit()
+            .unwrap(),
+    );
+    let mover = MovesTimeOnDrop {
+        m: m.clone(),
+        marker: marker.clone(),
+    };
+    drop(
+        a.tier()
+            .submit(Priority::Normal, move |_| Ok::<_, Infallible>(mover))
+            .unwrap(),
+    );
+    gate.open();
+
+    let (deadline, started) = seen.recv_timeout(LONG).expect("the retried attempt ran");
+    assert_eq!(
+        deadline.map(|d| d.saturating_duration_since(started)),
+        Some(Duration::from_secs(5)),
+        "the retried attempt's timeout counts from its own start"
+    );
+    retried.join().unwrap();
+    holder.join().unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
