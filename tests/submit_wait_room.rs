@@ -230,6 +230,48 @@ fn a_refused_permit_does_not_wake_its_own_submitter() {
     held.release_all(handles);
 }
 
+/// Two blocked submitters at the in-flight limit with one queue place
+/// free: each in turn takes the place, is refused a permit and hands the
+/// place back, which wakes the submitters waiting for a place — but they
+/// then wait for a permit, and a place handed back does not end that wait.
+/// Neither spins (with one notification for both kinds of room, the two
+/// would wake each other in turn until their deadlines).
+#[cfg(target_os = "linux")]
+#[test]
+fn two_submitters_refused_permits_do_not_wake_each_other() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            t.workers(1)
+                .queue_capacity(4)
+                .max_in_flight(4)
+                .per_user_limit(None)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    let held = Held::new();
+    let handles = held.fill(&ui, 3);
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let ui = ui.clone();
+            std::thread::spawn(move || {
+                let cpu0 = thread_cpu();
+                let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
+                (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
+            })
+        })
+        .collect();
+    for w in waiters {
+        let (reason, spent) = w.join().unwrap();
+        assert!(
+            matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
+            "{reason:?}"
+        );
+        assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    }
+    held.release_all(handles);
+}
+
 /// The same for the tier-wide `max_queued`: a submitter refused by the
 /// total (its level has room; it submits at another level) gets the first
 /// place a pick gives up.
