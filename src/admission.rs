@@ -14,24 +14,30 @@
 //! 3. A blocked submitter always learns of a release that can let it in:
 //!    it announces itself in `room_waiters` before trying, and the waiter
 //!    blocks only while the generation of the [`Room`] it was refused for
-//!    (a queue place or a permit) is unchanged since before its last try.
+//!    (a place at its priority level, a place under the tier's
+//!    `max_queued`, or a permit) is unchanged since before its last try.
 //!    Notifications (a generation bump; the `room` lock and condvar only
 //!    when a waiter sleeps) are edge-triggered: a release notifies only
 //!    when it leaves a limit that was reached (the global count or the
 //!    user's count was at its limit). That loses nothing: a submitter
 //!    rejected by a limit saw the count at it, and the first release after
 //!    that starts from it. Queue places are signalled the same way by the
-//!    pool, when a place is given up at a full level or `max_queued`
-//!    (a worker's pick, or a submitter handing back the place it took for
-//!    a permit it was refused), and when a pick crosses half a limit. The
-//!    two rooms have separate generations so that a submitter handing
-//!    back a place does not wake itself: it was refused a permit and
-//!    waits for a permit. A
+//!    pool, for the level and for `max_queued` apart, whenever a place is
+//!    given up at a full limit — a worker's pick, and the two roll-backs
+//!    of a try that took one place and was refused the next (the
+//!    `max_queued` place when the level is full, both places when the
+//!    permit is refused) — and when a pick crosses half a limit. The rooms
+//!    have separate generations so that a roll-back never wakes the
+//!    submitter that made it: it waits for the room it was refused, not
+//!    the one it handed back. For the same reason a try takes nothing it
+//!    must hand back when refused a permit: the user's count is checked,
+//!    and the global one taken, under the user map's lock, before the
+//!    user's count is taken. A
 //!    SeqCst fence between announcing and trying, and between releasing and
 //!    looking for waiters, makes one side see the other; a waiter counts
 //!    itself in `room_sleepers` before its last look at its generation,
 //!    and a notification bumps the generation before it looks for
-//!    sleepers (checked by loom, for both rooms).
+//!    sleepers (checked by loom).
 //!
 //! # Deadlock safety
 //!
@@ -55,7 +61,7 @@ pub(crate) struct Admission {
     room_sleepers: AtomicUsize,
     /// Bumped by every notification of that [`Room`], so waiters can tell
     /// they missed none.
-    room_gen: [AtomicU64; 2],
+    room_gen: [AtomicU64; Room::COUNT],
     room: Mutex<()>,
     room_cv: Condvar,
 }
@@ -76,7 +82,7 @@ impl Admission {
             users: Mutex::new(HashMap::new()),
             room_waiters: AtomicUsize::new(0),
             room_sleepers: AtomicUsize::new(0),
-            room_gen: [AtomicU64::new(0), AtomicU64::new(0)],
+            room_gen: Default::default(),
             room: Mutex::new(()),
             room_cv: Condvar::new(),
         }
@@ -123,27 +129,38 @@ impl Admission {
             // Nothing to count, nothing to give back.
             return Ok(None);
         }
-        let limit = self.max_in_flight.unwrap_or(usize::MAX);
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .map_err(|_| RejectReason::TierLimit { limit })?;
-        if let (Some(user), Some(limit)) = (user, self.per_user_limit) {
-            let mut users = self.users.lock();
-            let n = users.entry(user.clone()).or_insert(0);
-            if *n >= limit {
-                if *n == 0 {
-                    users.remove(user);
+        let global = self.max_in_flight.unwrap_or(usize::MAX);
+        let take_global = || {
+            self.in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < global).then_some(n + 1)
+                })
+                .map(drop)
+                .map_err(|_| RejectReason::TierLimit { limit: global })
+        };
+        match (user, self.per_user_limit) {
+            (Some(user), Some(limit)) => {
+                // Both limits are checked, and the global unit taken, under
+                // the user map's lock before the user's count is taken, so a
+                // refusal by either takes nothing it must give back: a
+                // global unit given back at the limit would notify the
+                // blocked submitters, this one among them (it spun until its
+                // deadline; invariant 3). The tier's limit is named first
+                // when both are reached, as the compare-exchange below would.
+                let mut users = self.users.lock();
+                if self.in_flight.load(Ordering::Acquire) >= global {
+                    return Err(RejectReason::TierLimit { limit: global });
                 }
-                drop(users);
-                self.release_global(false);
-                return Err(RejectReason::UserLimit {
-                    user: user.to_string(),
-                    limit,
-                });
+                if users.get(user).copied().unwrap_or(0) >= limit {
+                    return Err(RejectReason::UserLimit {
+                        user: user.to_string(),
+                        limit,
+                    });
+                }
+                take_global()?;
+                *users.entry(user.clone()).or_insert(0) += 1;
             }
-            *n += 1;
+            _ => take_global()?,
         }
         Ok(Some(Permit {
             admission: Some(self.clone()),
@@ -164,11 +181,11 @@ impl Admission {
         }
     }
 
-    /// Wakes the blocked submitters waiting for either room: something
+    /// Wakes the blocked submitters waiting for any room: something
     /// freed both a place and a permit (a queued task discarded), or the
     /// tier is shutting down (a waiter then learns it is refused for good).
     pub(crate) fn notify_room(&self) {
-        self.notify(&[Room::Place, Room::Permit]);
+        self.notify(&Room::ALL);
     }
 
     /// Wakes blocked submitters waiting for one of `rooms`, if any
@@ -212,49 +229,44 @@ impl Admission {
         }
     }
 
-    fn generations(&self) -> [u64; 2] {
-        [
-            self.room_gen[0].load(Ordering::SeqCst),
-            self.room_gen[1].load(Ordering::SeqCst),
-        ]
+    fn generations(&self) -> [u64; Room::COUNT] {
+        std::array::from_fn(|i| self.room_gen[i].load(Ordering::SeqCst))
     }
 }
 
-/// What a blocked submitter waits for: the kind of limit that refused it.
+/// What a blocked submitter waits for: the limit that refused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Room {
-    /// A place in the queue (a full level, or `max_queued`).
-    Place = 0,
+    /// A place at the task's priority level (the level's capacity).
+    Level = 0,
+    /// A place under the tier's `max_queued`.
+    Total = 1,
     /// A permit (the tier's in-flight limit, or the user's).
-    Permit = 1,
+    Permit = 2,
 }
 
 impl Room {
-    /// The room a transient rejection waits for.
-    pub(crate) fn for_rejection(reason: &RejectReason) -> Room {
-        match reason {
-            RejectReason::QueueFull { .. } => Room::Place,
-            _ => Room::Permit,
-        }
-    }
+    pub(crate) const COUNT: usize = 3;
+    pub(crate) const ALL: [Room; Room::COUNT] = [Room::Level, Room::Total, Room::Permit];
 }
 
-/// A submitter waiting for capacity. Protocol: `wait` only blocks if no
-/// release happened since the previous `wait` returned (or since
-/// announcing), so a release between a failed attempt and the wait is
-/// never missed (invariant 3).
+/// A submitter waiting for capacity. Protocol: `wait` only blocks if the
+/// room it waits for was not notified since the previous `wait` returned
+/// (or since announcing), so a release between a failed attempt and the
+/// wait is never missed (invariant 3).
 pub(crate) struct RoomWaiter<'a> {
     admission: &'a Admission,
-    /// Both rooms' generations as of before the last try.
-    seen: [u64; 2],
+    /// Every room's generation as of before the last try.
+    seen: [u64; Room::COUNT],
 }
 
 impl RoomWaiter<'_> {
     /// Blocks until `room` may have freed up or `deadline` passes on
     /// `clock`; `false` once the deadline has passed. `room` is what the
-    /// last try was refused for: a notification of the other room does
-    /// not end the wait (a submitter handing back the place it took for a
-    /// refused permit notifies place waiters, itself not among them).
+    /// last try was refused for: a notification of another room does not
+    /// end the wait (a submitter handing back a place it took for a try
+    /// refused by another limit notifies that place's room, and waits in
+    /// the room of the limit that refused it).
     ///
     /// It spins and yields a little before it sleeps, as crossbeam's
     /// blocking channels do: under a stream of tiny tasks the room a full
@@ -571,7 +583,7 @@ mod loom_tests {
                     if take(&p1) {
                         assert!(a1.try_acquire(None).is_err(), "the permit is held");
                         if p1.fetch_sub(1, Ordering::AcqRel) >= 1 {
-                            a1.notify(&[Room::Place]);
+                            a1.notify(&[Room::Level]);
                         }
                     }
                 });
@@ -583,7 +595,7 @@ mod loom_tests {
                     let clock = Clock::system();
                     let mut waiter = a2.room_waiter();
                     while !take(&p2) {
-                        assert!(waiter.wait(Room::Place, &clock, None));
+                        assert!(waiter.wait(Room::Level, &clock, None));
                     }
                 });
                 giver.join().unwrap();

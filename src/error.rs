@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::admission::Room;
 use crate::cancel::{CancelReason, Cancelled};
 
 /// A configuration value that `build()` refused, naming the field and why.
@@ -200,11 +201,32 @@ impl fmt::Display for RejectReason {
 pub struct SubmitError<F> {
     reason: RejectReason,
     task: F,
+    /// What a blocking submit waits for after this refusal (for a full
+    /// queue, the reason's capacity alone cannot say which limit it was
+    /// when the level's capacity equals `max_queued`).
+    room: Room,
 }
 
 impl<F> SubmitError<F> {
+    /// A refusal by a permit limit (or a final one, where the room is not
+    /// used).
     pub(crate) fn new(reason: RejectReason, task: F) -> Self {
-        SubmitError { reason, task }
+        SubmitError {
+            reason,
+            task,
+            room: Room::Permit,
+        }
+    }
+
+    /// A refusal by a full queue: its level (`Room::Level`) or the tier's
+    /// `max_queued` (`Room::Total`).
+    pub(crate) fn queue_full(reason: RejectReason, room: Room, task: F) -> Self {
+        SubmitError { reason, task, room }
+    }
+
+    /// The room a blocking submit waits for after this refusal.
+    pub(crate) fn room(&self) -> Room {
+        self.room
     }
 
     /// Why the submission was refused.

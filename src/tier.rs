@@ -5,7 +5,6 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::admission::Room;
 use crate::error::{RejectReason, SubmitError};
 use crate::health::{ComponentHealth, HealthReason};
 use crate::pool::config::TierConfig;
@@ -261,7 +260,7 @@ impl Tier {
                         r = Err(e);
                         break;
                     }
-                    let room = Room::for_rejection(e.reason());
+                    let room = e.room();
                     let f = e.into_inner();
                     if retried && !waiter.wait(room, &pool.clock, deadline) {
                         r = Err(SubmitError::new(RejectReason::DeadlineElapsed, f));

@@ -268,3 +268,139 @@ fn submit_wait_gets_the_first_place_max_queued_gives_up() {
         .unwrap();
     blocked_submitter_takes_the_first_place(rt, Priority::Low, "max_queued");
 }
+
+/// A submitter refused by its user's limit while the tier is one permit
+/// below its own limit does not wake itself: its try used to take the
+/// tier's last permit, be refused by the user limit, and give the permit
+/// back from the limit, which notified every submitter waiting for a permit
+/// — itself included (870–950 ms of CPU in a 1 s wait; found by a review).
+/// Both limits are now checked before anything is taken.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_user_limited_submitter_does_not_wake_itself_one_below_the_tier_limit() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            t.workers(2)
+                .queue_capacity(4)
+                .max_in_flight(2)
+                .per_user_limit(1)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    let held = Held::new();
+    let handle = ui.task(held.task()).user("u").submit().unwrap();
+    held.started();
+    let waiter = {
+        let ui = ui.clone();
+        std::thread::spawn(move || {
+            let cpu0 = thread_cpu();
+            let r = ui.task(ok).user("u").submit_wait(Duration::from_secs(1));
+            (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
+        })
+    };
+    let (reason, spent) = waiter.join().unwrap();
+    assert!(
+        matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
+        "{reason:?}"
+    );
+    assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    held.release_all(vec![handle]);
+}
+
+/// A blocked submitter refused by a full level while the tier is one place
+/// below `max_queued` does not wake itself: its try takes the last
+/// `max_queued` place, finds its level full and hands that place back,
+/// which notifies the submitters waiting for a `max_queued` place — not
+/// this one, which waits for a place at its level.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_level_refused_submitter_does_not_wake_itself_with_its_roll_back() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            t.workers(1)
+                .queue_capacity(2)
+                .max_queued(3)
+                .max_in_flight(None)
+                .per_user_limit(None)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    // One held task running, two queued: normal is full, 2 of 3 in all.
+    let held = Held::new();
+    let handles = held.fill(&ui, 2);
+    let waiter = {
+        let ui = ui.clone();
+        std::thread::spawn(move || {
+            let cpu0 = thread_cpu();
+            let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
+            (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
+        })
+    };
+    let (reason, spent) = waiter.join().unwrap();
+    assert!(
+        matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
+        "{reason:?}"
+    );
+    assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    held.release_all(handles);
+}
+
+/// The other side of that roll-back: a submitter refused by `max_queued`
+/// only because another try held the last place for a moment is woken when
+/// it is handed back. The normal level is full and the tier one place
+/// below `max_queued`; one thread keeps trying to submit at normal (each
+/// try takes the last place, finds its level full and hands the place
+/// back), while high-priority `submit_wait`s, which have room at their
+/// level, come and go. Before, the roll-back notified nobody, and a high
+/// submit refused during one waited out its whole deadline with a place
+/// free (found by a review: within about a second, every run).
+#[test]
+fn a_submitter_refused_during_a_roll_back_gets_the_place() {
+    let rt = Runtime::builder()
+        .ui(|t| {
+            // The second worker only takes high and critical work, so the
+            // held normal tasks stay queued while high ones run.
+            t.workers(2)
+                .reserved_slots(1)
+                .queue_capacity(2)
+                .max_queued(3)
+                .max_in_flight(None)
+                .per_user_limit(None)
+        })
+        .build()
+        .unwrap();
+    let ui = rt.ui().clone();
+    let held = Held::new();
+    let handles = held.fill(&ui, 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trier = {
+        let (ui, stop) = (ui.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Refused: normal is full (each try takes and hands back
+                // the last `max_queued` place).
+                let _ = ui.submit(Priority::Normal, ok);
+            }
+        })
+    };
+    let began = std::time::Instant::now();
+    let mut admitted = 0;
+    while began.elapsed() < Duration::from_secs(3) {
+        match ui.submit_wait(Priority::High, ok, Duration::from_secs(1)) {
+            Ok(h) => {
+                admitted += 1;
+                assert!(h.join().is_ok());
+            }
+            Err(e) => panic!(
+                "a high submit with a place free waited out its deadline ({:?}) after {admitted} got in",
+                e.reason()
+            ),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trier.join().unwrap();
+    assert!(admitted > 0);
+    held.release_all(handles);
+}

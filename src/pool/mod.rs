@@ -293,25 +293,27 @@ impl PoolShared {
         // takes and returns a permit, which would count as a release and
         // wake blocked submitters (`submit_wait` would spin). A place taken
         // and given back for a refused permit wakes the submitters waiting
-        // for a place, as a pick does (one may have been refused only
+        // for that place, as a pick does (one may have been refused only
         // because this one held it), but not this one: refused a permit,
-        // it waits for a permit (`Room`). It used to be given back with no
-        // notification at all, since waking every waiter made a blocked
-        // submitter whose own retry took the last place wake itself and
-        // retry at full speed until its deadline (200–930 ms of CPU per
-        // second, found by a review); the other waiter then learnt of the
-        // place only at the next half-way crossing, or its deadline.
+        // it waits for a permit (`Room`, and invariant 3 in admission.rs).
+        // It used to be given back with no notification at all, since
+        // waking every waiter made a blocked submitter whose own retry took
+        // the last place wake itself and retry at full speed until its
+        // deadline (200–930 ms of CPU per second, found by a review); the
+        // other waiter then learnt of the place only at the next half-way
+        // crossing, or its deadline.
         let level = opts.priority.index();
-        if !self.reserve(level) {
-            let reason = self.queue_full();
-            let limit = match (reason.clone(), self.config.max_queued) {
-                (RejectReason::QueueFull { capacity }, Some(total)) if capacity == total => {
-                    SaturatedLimit::Queued(total)
+        if let Err(room) = self.reserve(level) {
+            let (capacity, limit) = match (room, self.config.max_queued) {
+                (Room::Total, Some(total)) => (total, SaturatedLimit::Queued(total)),
+                _ => {
+                    let cap = self.queue.capacity();
+                    (cap, SaturatedLimit::Level(level, cap))
                 }
-                _ => SaturatedLimit::Level(level, self.queue.capacity()),
             };
             self.mark_saturated(limit);
-            return Err(SubmitError::new(reason, f));
+            let reason = RejectReason::QueueFull { capacity };
+            return Err(SubmitError::queue_full(reason, room, f));
         }
         let permit = match self.admission.acquire(opts.user.as_ref()) {
             Ok(p) => p,
@@ -364,30 +366,37 @@ impl PoolShared {
         Ok(TaskHandle::new(typed, self.clock.clone()))
     }
 
-    /// Reserves a place at `level` (see `reserved`), within the level's
-    /// capacity and the tier's `max_queued`.
-    pub(crate) fn reserve(&self, level: usize) -> bool {
-        if let Some(total) = self.config.max_queued {
-            if self
-                .reserved_total
+    /// Reserves a place at `level` (see `reserved`), within the tier's
+    /// `max_queued` and the level's capacity; says which limit refused
+    /// otherwise. A `max_queued` place taken for a level found full is
+    /// handed back with a notification of that room when it was the last
+    /// one: a submitter refused by `max_queued` meanwhile was refused only
+    /// because of it (invariant 3 in admission.rs; this one waits for a
+    /// place at its level, and is not woken by it).
+    pub(crate) fn reserve(&self, level: usize) -> Result<(), Room> {
+        let max_queued = self.config.max_queued;
+        if let Some(total) = max_queued {
+            self.reserved_total
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     (n < total).then_some(n + 1)
                 })
-                .is_err()
-            {
-                return false;
-            }
+                .map_err(|_| Room::Total)?;
         }
         let cap = self.queue.capacity();
-        let ok = self.reserved[level]
+        let taken = self.reserved[level]
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
             .is_ok();
-        if !ok && self.config.max_queued.is_some() {
-            self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+        if taken {
+            return Ok(());
         }
-        ok
+        if let Some(total) = max_queued {
+            if self.reserved_total.fetch_sub(1, Ordering::AcqRel) >= total {
+                self.admission.notify(&[Room::Total]);
+            }
+        }
+        Err(Room::Level)
     }
 
     /// A place was given up: picked by a worker, a re-queue abandoned, or
@@ -400,9 +409,12 @@ impl PoolShared {
     /// queue). Returns `true` when this crossed the half-way mark: where a
     /// saturated queue counts as relieved.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
-        let (was_full, crossed_half) = self.give_back_place(level);
-        if was_full || crossed_half {
-            self.admission.notify(&[Room::Place]);
+        let (notify, crossed_half) = self.give_back_place(level);
+        match notify {
+            (true, true) => self.admission.notify(&[Room::Level, Room::Total]),
+            (true, false) => self.admission.notify(&[Room::Level]),
+            (false, true) => self.admission.notify(&[Room::Total]),
+            (false, false) => {}
         }
         crossed_half
     }
@@ -413,27 +425,23 @@ impl PoolShared {
         self.give_back_place(level);
     }
 
-    /// `(was at a full limit, crossed the half-way mark of one)`.
-    fn give_back_place(&self, level: usize) -> (bool, bool) {
+    /// `((notify the level's room, notify max_queued's room), crossed the
+    /// half-way mark of either)`: a room is notified when its limit was
+    /// full or this crossed its half-way mark.
+    fn give_back_place(&self, level: usize) -> ((bool, bool), bool) {
         let cap = self.queue.capacity();
         let half_of = |cap: usize, before: usize| before == cap / 2 + 1;
         let level_before = self.reserved[level].fetch_sub(1, Ordering::AcqRel);
-        let mut was_full = level_before >= cap;
-        let total_crossed = self.config.max_queued.is_some_and(|m| {
-            let before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
-            was_full |= before >= m;
-            half_of(m, before)
-        });
-        (was_full, half_of(cap, level_before) || total_crossed)
-    }
-
-    /// The queue-full rejection, naming the limit that was hit.
-    fn queue_full(&self) -> RejectReason {
-        let capacity = match self.config.max_queued {
-            Some(total) if self.reserved_total.load(Ordering::Acquire) >= total => total,
-            _ => self.queue.capacity(),
+        let level_crossed = half_of(cap, level_before);
+        let level_note = level_before >= cap || level_crossed;
+        let (total_note, total_crossed) = match self.config.max_queued {
+            Some(m) => {
+                let before = self.reserved_total.fetch_sub(1, Ordering::AcqRel);
+                (before >= m || half_of(m, before), half_of(m, before))
+            }
+            None => (false, false),
         };
-        RejectReason::QueueFull { capacity }
+        ((level_note, total_note), level_crossed || total_crossed)
     }
 
     fn push_reserved(&self, p: Priority, w: Work) {
@@ -563,7 +571,7 @@ impl PoolShared {
 
     /// Fault injection: the worker that takes this panics outside any task.
     pub(crate) fn inject_worker_panic(&self) -> bool {
-        if !self.reserve(0) {
+        if self.reserve(0).is_err() {
             return false;
         }
         self.push_reserved(Priority::Critical, Work::Poison);

@@ -407,7 +407,7 @@ impl PoolShared {
         let mut requeued = false;
         // Reserve first, so a full level never leaves the task QUEUED but
         // outside the queue (its `Job` drop would then count it dequeued).
-        if self.gate.state() == super::OPEN && self.reserve(level) {
+        if self.gate.state() == super::OPEN && self.reserve(level).is_ok() {
             // Counted into the queue before it is QUEUED again: a cancel
             // that discards it at once counts it out after (see
             // `TierCounters::queued`).
@@ -476,7 +476,7 @@ impl PoolShared {
             return; // dropping `job` settles it
         }
         let p = job.core.opts.priority;
-        if !self.reserve(p.index()) {
+        if self.reserve(p.index()).is_err() {
             // Queue full: wait another backoff rather than drop the work.
             self.schedule_retry(job, backoff);
             return;
