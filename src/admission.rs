@@ -26,7 +26,9 @@
 //!    given up at a full limit — a worker's pick, and the two roll-backs
 //!    of a try that took one place and was refused the next (the
 //!    `max_queued` place when the level is full, both places when the
-//!    permit is refused) — and when a pick crosses half a limit. The rooms
+//!    permit is refused) — and, for a place given back through
+//!    `PoolShared::unreserve` (a pick, the permit roll-back, an abandoned
+//!    re-queue), when it crosses half a limit. The rooms
 //!    have separate generations so that a roll-back never wakes the
 //!    submitter that made it: it waits for the room it was refused, not
 //!    the one it handed back. For the same reason a try takes nothing it
@@ -516,7 +518,7 @@ mod loom_tests {
     }
 
     /// A blocking submitter (announce, try, wait, retry — the loop in
-    /// `Tier::submit_inner`) against the one holder of the only place
+    /// `Tier::submit_with`) against the one holder of the only permit
     /// releasing it: the submitter always gets the place. The waits have
     /// no deadline, so a release it slept through is a loom deadlock
     /// (invariant 3).

@@ -401,13 +401,14 @@ impl PoolShared {
 
     /// A place was given up: picked by a worker, a re-queue abandoned, or
     /// handed back by a submitter refused a permit. A place given up at a
-    /// full limit (the level's capacity or `max_queued`) wakes the
-    /// submitters waiting for a place (edge-triggered, like the in-flight
-    /// limit's releases: a submitter refused by a full queue saw it full,
-    /// and the first place given up after that starts from full); so does
-    /// crossing the half-way mark (a second chance, cheap: once per half
-    /// queue). Returns `true` when this crossed the half-way mark: where a
-    /// saturated queue counts as relieved.
+    /// full limit wakes the submitters waiting in that limit's room — the
+    /// level's (`Room::Level`), `max_queued`'s (`Room::Total`), or both
+    /// (edge-triggered, like the in-flight limit's releases: a submitter
+    /// refused by a full queue saw it full, and the first place given up
+    /// after that starts from full); so does crossing a limit's half-way
+    /// mark (a second chance, cheap: once per half queue). Returns `true`
+    /// when this crossed the half-way mark: where a saturated queue counts
+    /// as relieved.
     pub(crate) fn unreserve(&self, level: usize) -> bool {
         let (notify, crossed_half) = self.give_back_place(level);
         match notify {
