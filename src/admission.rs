@@ -468,7 +468,14 @@ mod loom_tests {
     /// then gives back, but never past `max_in_flight`), and once the
     /// permits are dropped every count is back to zero and the user map is
     /// empty.
-    fn race_for_places(name: &str, max_in_flight: usize, per_user: Option<usize>) {
+    /// `with_user[i]`: whether racer `i` submits as the user (a racer
+    /// without one takes only the tier's unit, outside the user map's lock).
+    fn race_for_places(
+        name: &str,
+        max_in_flight: usize,
+        per_user: Option<usize>,
+        with_user: [bool; 2],
+    ) {
         loom_model(
             name,
             |_| {},
@@ -477,11 +484,12 @@ mod loom_tests {
                 let user: Arc<str> = Arc::from("u");
                 let holding = Arc::new(AtomicUsize::new(0));
                 let bound = per_user.unwrap_or(max_in_flight).min(max_in_flight);
-                let racers: Vec<_> = (0..2)
-                    .map(|_| {
+                let racers: Vec<_> = with_user
+                    .into_iter()
+                    .map(|as_user| {
                         let (a, user, holding) = (a.clone(), user.clone(), holding.clone());
                         loom::thread::spawn(move || {
-                            let Ok(permit) = a.try_acquire(Some(&user)) else {
+                            let Ok(permit) = a.try_acquire(as_user.then_some(&user)) else {
                                 assert!(a.in_flight().unwrap_or(0) <= max_in_flight);
                                 return false;
                             };
@@ -509,12 +517,25 @@ mod loom_tests {
 
     #[test]
     fn loom_global_limit_never_exceeded() {
-        race_for_places("global_limit_never_exceeded", 1, None);
+        race_for_places("global_limit_never_exceeded", 1, None, [true, true]);
+    }
+
+    /// A user's try (both limits checked, the tier's unit taken, under the
+    /// user map's lock) against a user-less one (the tier's unit only, no
+    /// lock) for the one unit there is.
+    #[test]
+    fn loom_user_and_userless_share_the_tier_limit() {
+        race_for_places(
+            "user_and_userless_share_the_tier_limit",
+            1,
+            Some(1),
+            [true, false],
+        );
     }
 
     #[test]
     fn loom_per_user_limit_never_exceeded() {
-        race_for_places("per_user_limit_never_exceeded", 2, Some(1));
+        race_for_places("per_user_limit_never_exceeded", 2, Some(1), [true, true]);
     }
 
     /// A blocking submitter (announce, try, wait, retry — the loop in
@@ -609,6 +630,43 @@ mod loom_tests {
                 );
                 assert_eq!(a.room_waiters.load(Ordering::SeqCst), 0, "waiter gone");
                 drop(held);
+            },
+        );
+    }
+
+    /// The same as `room_waiter_never_misses_a_release`, for a user's
+    /// limit: a blocking submitter refused because its user holds the one
+    /// permit it may, against that permit's release (which notifies as
+    /// the user's count leaves its limit). It always gets in.
+    #[test]
+    fn loom_user_limit_waiter_never_misses_its_users_release() {
+        loom_model(
+            "user_limit_waiter_never_misses_its_users_release",
+            |_| {},
+            || {
+                let a = Arc::new(Admission::new(None, Some(1)));
+                let user: Arc<str> = Arc::from("u");
+                let held = a.try_acquire(Some(&user)).unwrap();
+                let releaser = loom::thread::spawn(move || drop(held));
+                let (a2, u2) = (a.clone(), user.clone());
+                let submitter = loom::thread::spawn(move || {
+                    let clock = Clock::system();
+                    let mut waiter = a2.room_waiter();
+                    loop {
+                        match a2.try_acquire(Some(&u2)) {
+                            Ok(p) => return p,
+                            Err(RejectReason::UserLimit { .. }) => {
+                                assert!(waiter.wait(Room::Permit, &clock, None))
+                            }
+                            Err(other) => panic!("unexpected rejection {other:?}"),
+                        }
+                    }
+                });
+                releaser.join().unwrap();
+                let permit = submitter.join().unwrap();
+                assert_eq!(a.user_in_flight("u"), 1);
+                drop(permit);
+                assert!(a.users.lock().is_empty(), "user map cleaned up");
             },
         );
     }
