@@ -309,7 +309,7 @@ impl RoomWaiter<'_> {
 
     fn took_notification(&mut self, clock: &Clock, deadline: Option<Instant>) -> bool {
         self.seen = self.admission.generations();
-        !deadline.is_some_and(|d| clock.now() >= d)
+        deadline.is_none_or(|d| clock.now() < d)
     }
 }
 

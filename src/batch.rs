@@ -804,7 +804,7 @@ impl<I: Send + 'static> Runner<I> {
         let real_cap = Instant::now() + MANUAL_CLOCK_REAL_CAP;
         let mut st = shared.state.lock();
         while st.running_batches > 0
-            && deadline.map_or(true, |d| shared.clock.now() < d)
+            && deadline.is_none_or(|d| shared.clock.now() < d)
             && !(shared.clock.is_manual() && Instant::now() >= real_cap)
         {
             st = shared

@@ -86,7 +86,7 @@ impl MemoryGate {
         let now = clock.now();
         {
             let mut last = self.last_sample.lock();
-            let due = last.map_or(true, |t| now.saturating_duration_since(t) >= self.interval);
+            let due = last.is_none_or(|t| now.saturating_duration_since(t) >= self.interval);
             if due {
                 *last = Some(now);
                 drop(last);

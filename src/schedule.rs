@@ -550,7 +550,7 @@ impl Entry {
             fires += 1;
             let on_time = due_m
                 .checked_add(self.spec.misfire)
-                .map_or(true, |limit| now < limit);
+                .is_none_or(|limit| now < limit);
             self.set_next(m + 1);
             Some(Due {
                 fires,

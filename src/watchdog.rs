@@ -411,7 +411,7 @@ impl Shared {
         st.seq += 1;
         let seq = st.seq;
         st.heap.push(Reverse(Entry { at, seq, action }));
-        if earliest.map_or(true, |e| at < e) {
+        if earliest.is_none_or(|e| at < e) {
             self.cv.notify_one();
         }
     }

@@ -802,7 +802,7 @@ impl PoolShared {
         let step = window / 20;
         if w.samples
             .back()
-            .map_or(true, |(at, _)| now.saturating_duration_since(*at) >= step)
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= step)
         {
             w.samples.push_back((now, busy));
         }
