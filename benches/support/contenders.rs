@@ -6,7 +6,11 @@ use std::convert::Infallible;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Sender};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
 use tierpool::{Priority, Runtime, Tier};
 
 /// Runs a fire-and-forget closure. Blocking on a full queue is allowed
@@ -199,4 +203,181 @@ pub fn tierpool_isolated(
         })
         .build()
         .expect("valid bench runtime")
+}
+
+// ---- the dispatch floor ------------------------------------------------------
+
+/// A skeleton pool with only what every tierpool task passes through:
+/// four bounded level channels with a per-level count, a pick lock, an
+/// idle count and a wake-up bell; optionally a per-task state object the
+/// size of tierpool's task core (a state word set by compare-exchange at
+/// start and end, the closure and the outcome behind locks, a handle clone
+/// the submitter drops), and optionally the spent-object return that hands
+/// the last reference back to the submitter to free. No stats, no
+/// watchdog, no admission, no events, no cancellation: the floor under
+/// tierpool's design (`examples/dispatch_floor.rs`, docs/dispatch.md).
+/// Padding that brings `TaskObject` to the size of tierpool's task core
+/// for this workload (288 bytes plus the `Arc`'s 16: `size_of_val` of
+/// the core, printed from a scratch build).
+const PAD_WORDS: usize = 32;
+
+/// A per-task state object like tierpool's core: what a handle, a
+/// timeout and a cancel need to share between submitter and worker.
+struct TaskObject {
+    state: AtomicU8,
+    body: Mutex<Option<Job>>,
+    outcome: Mutex<Option<Result<(), ()>>>,
+    _pad: [u64; PAD_WORDS],
+}
+
+// Checked at compile time: the object is the core's size.
+const _: () = assert!(std::mem::size_of::<TaskObject>() == 288);
+
+enum Item {
+    Boxed(Job),
+    Object(Arc<TaskObject>),
+}
+
+/// What the skeleton does per task beyond the bare pool.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub object: bool,
+    pub spent_return: bool,
+}
+
+struct Shared {
+    levels: Vec<(Sender<Item>, Receiver<Item>)>,
+    queued: [AtomicUsize; 4],
+    pick: Mutex<()>,
+    idle: AtomicUsize,
+    bell: (Sender<()>, Receiver<()>),
+    spent: (Sender<Arc<TaskObject>>, Receiver<Arc<TaskObject>>),
+    stop: AtomicBool,
+    shape: Shape,
+}
+
+pub struct Skeleton {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Skeleton {
+    pub fn new(workers: usize, capacity: usize, shape: Shape) -> Self {
+        let shared = Arc::new(Shared {
+            levels: (0..4).map(|_| bounded(capacity)).collect(),
+            queued: Default::default(),
+            pick: Mutex::new(()),
+            idle: AtomicUsize::new(0),
+            bell: bounded(64),
+            spent: bounded(capacity),
+            stop: AtomicBool::new(false),
+            shape,
+        });
+        let threads = (0..workers)
+            .map(|_| {
+                let s = shared.clone();
+                std::thread::spawn(move || s.work())
+            })
+            .collect();
+        Skeleton { shared, threads }
+    }
+}
+
+impl Shared {
+    /// Highest non-empty level first, under the pick lock.
+    fn pick(&self) -> Option<Item> {
+        let _g = self.pick.lock();
+        (0..4)
+            .filter(|&l| self.queued[l].load(Ordering::Acquire) > 0)
+            .find_map(|l| {
+                let item = self.levels[l].1.try_recv().ok()?;
+                self.queued[l].fetch_sub(1, Ordering::AcqRel);
+                Some(item)
+            })
+    }
+
+    fn work(&self) {
+        loop {
+            match self.pick() {
+                Some(Item::Boxed(job)) => job(),
+                Some(Item::Object(task)) => self.run(task),
+                None => {
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // Idle, then one more look before sleeping (the
+                    // submitter reads `idle` after its push).
+                    self.idle.fetch_add(1, Ordering::SeqCst);
+                    if self.queued.iter().all(|q| q.load(Ordering::SeqCst) == 0) {
+                        let _ = self.bell.1.recv_timeout(Duration::from_millis(20));
+                    }
+                    self.idle.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn run(&self, task: Arc<TaskObject>) {
+        if task
+            .state
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let body = task.body.lock().take();
+            if let Some(f) = body {
+                f();
+            }
+            *task.outcome.lock() = Some(Ok(()));
+            task.state.store(2, Ordering::Release);
+        }
+        if self.shape.spent_return && Arc::strong_count(&task) == 1 {
+            let _ = self.spent.0.try_send(task);
+        }
+    }
+
+    fn submit(&self, f: Job) {
+        const LEVEL: usize = 2;
+        let item = if self.shape.object {
+            if self.shape.spent_return {
+                drop(self.spent.1.try_recv());
+            }
+            Item::Object(Arc::new(TaskObject {
+                state: AtomicU8::new(0),
+                body: Mutex::new(Some(f)),
+                outcome: Mutex::new(None),
+                _pad: [0; PAD_WORDS],
+            }))
+        } else {
+            Item::Boxed(f)
+        };
+        // The handle a caller would get and drop.
+        let handle = match &item {
+            Item::Object(t) => Some(t.clone()),
+            Item::Boxed(_) => None,
+        };
+        self.queued[LEVEL].fetch_add(1, Ordering::AcqRel);
+        if self.levels[LEVEL].0.send(item).is_err() {
+            unreachable!("the skeleton's receivers live as long as it does");
+        }
+        fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) > 0 {
+            let _ = self.bell.0.try_send(());
+        }
+        drop(handle);
+    }
+}
+
+impl Executor for Skeleton {
+    fn execute<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.shared.submit(Box::new(f));
+    }
+}
+
+impl Drop for Skeleton {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

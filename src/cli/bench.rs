@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use support::contenders::{
-    tierpool_isolated, tierpool_ui, BarePool, Features, RayonPool, ThreadpoolCrate, TierExec,
-    WithPayload,
+    tierpool_isolated, tierpool_ui, BarePool, Features, RayonPool, Shape, Skeleton,
+    ThreadpoolCrate, TierExec, WithPayload,
 };
 use support::report::{ms, Summary, Table};
 use support::workload::{dispatch, head_of_line, HolConfig, HolRun, Spinner};
@@ -250,6 +250,7 @@ const QUEUE_CAPACITY: usize = 1024;
 enum Contender {
     Bare(BarePool),
     BareWithPayload(WithPayload<BarePool>),
+    Skeleton(Skeleton),
     Threadpool(ThreadpoolCrate),
     Rayon(RayonPool),
     Tierpool {
@@ -275,6 +276,7 @@ impl Contender {
         match self {
             Contender::Bare(p) => dispatch(p, submitters, tasks),
             Contender::BareWithPayload(p) => dispatch(p, submitters, tasks),
+            Contender::Skeleton(p) => dispatch(p, submitters, tasks),
             Contender::Threadpool(p) => dispatch(p, submitters, tasks),
             Contender::Rayon(p) => dispatch(p, submitters, tasks),
             Contender::Tierpool { exec, .. } => dispatch(exec, submitters, tasks),
@@ -286,7 +288,7 @@ fn dispatch_report(s: &Settings) -> (String, Vec<String>) {
     let mut out = String::from("## Tiny-task dispatch (submit → completion)\n\n");
     let _ = writeln!(
         out,
-        "{} tasks per round, median of {} interleaved rounds (after one warm-up); tierpool on the ui tier with no admission limit, per-level queue {QUEUE_CAPACITY}, blocking `submit_wait`, handles dropped; bare pool channel {QUEUE_CAPACITY}. Every ratio is against the bare pool running the workload's own 16-byte closures; the last row per configuration is the same bare pool with 168 bytes more captured per task (context, not a target: a task capturing a few strings; past glibc malloc's 120-byte fast bins the boxes freed on workers contend for the submitter's arena lock).\n",
+        "{} tasks per round, median of {} interleaved rounds (after one warm-up); tierpool on the ui tier with no admission limit, per-level queue {QUEUE_CAPACITY}, blocking `submit_wait`, handles dropped; bare pool channel {QUEUE_CAPACITY}. Every ratio is against the bare pool running the workload's own 16-byte closures. Context rows, not targets: the same bare pool with 168 bytes more captured per task (a task capturing a few strings; past glibc malloc's 120-byte fast bins the boxes freed on workers contend for the submitter's arena lock); and the floor of tierpool's design, a skeleton with only its queue shape (four level channels, a pick lock, a bell), then with a per-task state object the size of tierpool's task core and its spent-object return (no stats, watchdog, admission or cancellation; `Skeleton` in `benches/support/contenders.rs`, docs/dispatch.md).\n",
         s.tasks, s.rounds
     );
     let mut table = Table::new(&[
@@ -321,6 +323,28 @@ fn dispatch_report(s: &Settings) -> (String, Vec<String>) {
                 (
                     "bare pool, 184-byte tasks (context)",
                     Contender::BareWithPayload(WithPayload(BarePool::new(workers, QUEUE_CAPACITY))),
+                ),
+                (
+                    "floor: tierpool's queue shape only (context)",
+                    Contender::Skeleton(Skeleton::new(
+                        workers,
+                        QUEUE_CAPACITY,
+                        Shape {
+                            object: false,
+                            spent_return: false,
+                        },
+                    )),
+                ),
+                (
+                    "floor: + core-sized task object, spent return (context)",
+                    Contender::Skeleton(Skeleton::new(
+                        workers,
+                        QUEUE_CAPACITY,
+                        Shape {
+                            object: true,
+                            spent_return: true,
+                        },
+                    )),
                 ),
             ];
             let mut times: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
