@@ -305,10 +305,15 @@ impl Shared {
                     if self.stop.load(Ordering::Acquire) {
                         return;
                     }
-                    // Idle, then one more look before sleeping (the
-                    // submitter reads `idle` after its push).
+                    // Idle, then one more look at the channels before
+                    // sleeping (the submitter reads `idle` after its push).
+                    // The look is at the channels, not the counts: a count
+                    // raised for a push not made yet (its submitter
+                    // descheduled) would keep an idle worker spinning on
+                    // the cores the submitter needs.
                     self.idle.fetch_add(1, Ordering::SeqCst);
-                    if self.queued.iter().all(|q| q.load(Ordering::SeqCst) == 0) {
+                    fence(Ordering::SeqCst);
+                    if self.levels.iter().all(|(_, rx)| rx.is_empty()) {
                         let _ = self.bell.1.recv_timeout(Duration::from_millis(20));
                     }
                     self.idle.fetch_sub(1, Ordering::SeqCst);
