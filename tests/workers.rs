@@ -78,10 +78,15 @@ fn cache_warmer_skips_under_load_and_records_why() {
     wait("all warmed", || {
         warmed.load(Ordering::SeqCst) == 10 + 20 + 10
     });
-    let s = warmer.stats();
-    assert_eq!(s.regular.unwrap().succeeded, 1);
-    assert_eq!(s.critical.unwrap().succeeded, 2);
-    assert_eq!(s.batches.processed_ok, 40);
+    // The keys are counted inside the batches; the batches and each
+    // cycle's run are booked once they return, a moment later (this
+    // asserted at once and failed once in ~50 loaded runs: critical 1 of 2).
+    wait("both cycles booked", || {
+        let s = warmer.stats();
+        s.regular.unwrap().succeeded == 1
+            && s.critical.unwrap().succeeded == 2
+            && s.batches.processed_ok == 40
+    });
     let report = warmer.shutdown(Duration::from_secs(1));
     assert!(report.unprocessed.is_empty());
 }
