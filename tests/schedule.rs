@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -258,14 +258,66 @@ fn runs_never_overlap_run_once_late_catches_up_once() {
     wait("run 1 inside", || gate.entered() == 1);
     for _ in 0..3 {
         m.advance(10 * SEC); // three fires while run 1 runs
-        std::thread::sleep(Duration::from_millis(5));
+                             // Until the timer has seen this fire (it moves the next fire time
+                             // on): under load it used to see none of them before run 1
+                             // returned, and then ran on time instead of late.
+        let now = m.now();
+        wait("fire seen", || {
+            s.job_stats(id).unwrap().next_fire.is_some_and(|t| t > now)
+        });
     }
     assert_eq!(gate.entered(), 1, "never two runs at once");
     gate.open();
-    wait("one late run", || s.job_stats(id).unwrap().succeeded == 2);
+    wait("one late run", || s.job_stats(id).unwrap().succeeded >= 2);
     std::thread::sleep(Duration::from_millis(20));
     let st = s.job_stats(id).unwrap();
     assert_eq!((st.runs, st.late_runs), (2, 1));
+}
+
+/// A fire due on time just as the run that kept a late run waiting returns
+/// takes the late run's place: one run, not an on-time run and then a
+/// stale late one. Run 1 holds the job while fire 2 comes due (a late run
+/// waits for it), then moves the clock to fire 3 itself and returns, so
+/// the timer's next look usually finds fire 3 on time with the late run
+/// still waiting (if it looks in the microseconds before run 1 returns,
+/// fire 3 becomes the late run instead: two runs either way).
+#[test]
+fn run_once_late_never_bursts_when_a_fire_is_due_as_the_run_returns() {
+    let (m, rt) = runtime(2);
+    let s = Scheduler::builder(rt.background()).build().unwrap();
+    let gate = CountingGate::default();
+    let first = Arc::new(AtomicBool::new(true));
+    let (g, clock, f) = (gate.clone(), m.clone(), first.clone());
+    let id = s
+        .every(10 * SEC)
+        .misfire_threshold(5 * SEC)
+        .missed_runs(MissedRun::RunOnceLate)
+        .start(move |_| {
+            g.pass();
+            if f.swap(false, Ordering::SeqCst) {
+                // Run 1, on its way out: fire 3 comes due.
+                clock.advance(10 * SEC);
+            }
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    m.advance(10 * SEC); // fire 1: run 1 starts
+    wait("run 1 inside", || gate.entered() == 1);
+    m.advance(10 * SEC); // fire 2 while run 1 runs: a late run waits
+    let now = m.now();
+    wait("fire 2 seen", || {
+        s.job_stats(id).unwrap().next_fire.is_some_and(|t| t > now)
+    });
+    gate.open();
+    wait("a second run", || s.job_stats(id).unwrap().succeeded >= 2);
+    // A third run would be started as soon as the second returned.
+    std::thread::sleep(Duration::from_millis(100));
+    let st = s.job_stats(id).unwrap();
+    assert_eq!(st.runs, 2, "one run for fires 2 and 3, not two: {st:?}");
+    // Fire 2 either became the late run or, covered by fire 3's on-time
+    // run, counts as missed.
+    assert_eq!(st.late_runs + st.missed, 1, "{st:?}");
+    assert!(!st.running);
 }
 
 #[test]
