@@ -193,6 +193,34 @@ fn submit_wait_gets_the_first_place_a_full_queue_gives_up() {
     blocked_submitter_takes_the_first_place(rt, Priority::Normal, "the queue's capacity");
 }
 
+/// Runs `waiters` threads each making one blocking submit with `submit`
+/// (a 1 s wait that can only end at its deadline) and checks every one
+/// timed out without spinning: under 200 ms of its own CPU in the second.
+#[cfg(target_os = "linux")]
+fn each_waits_out_its_deadline_without_spinning<S>(waiters: usize, submit: S)
+where
+    S: Fn() -> Option<tierpool::RejectReason> + Clone + Send + 'static,
+{
+    let threads: Vec<_> = (0..waiters)
+        .map(|_| {
+            let submit = submit.clone();
+            std::thread::spawn(move || {
+                let cpu0 = thread_cpu();
+                let reason = submit();
+                (reason, thread_cpu() - cpu0)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (reason, spent) = t.join().unwrap();
+        assert!(
+            matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
+            "{reason:?}"
+        );
+        assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    }
+}
+
 /// `waiters` blocked submitters at the in-flight limit with one queue
 /// place free (one task holds the only worker, three wait: four in flight,
 /// three of the level's four places taken). Each try takes the place, is
@@ -213,24 +241,10 @@ fn refused_permits_do_not_spin(waiters: usize) {
     let ui = rt.ui().clone();
     let held = Held::new();
     let handles = held.fill(&ui, 3);
-    let waiters: Vec<_> = (0..waiters)
-        .map(|_| {
-            let ui = ui.clone();
-            std::thread::spawn(move || {
-                let cpu0 = thread_cpu();
-                let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
-                (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
-            })
-        })
-        .collect();
-    for w in waiters {
-        let (reason, spent) = w.join().unwrap();
-        assert!(
-            matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
-            "{reason:?}"
-        );
-        assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
-    }
+    each_waits_out_its_deadline_without_spinning(waiters, move || {
+        let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
+        r.err().map(|e| e.reason().clone())
+    });
     held.release_all(handles);
 }
 
@@ -291,20 +305,10 @@ fn a_user_limited_submitter_does_not_wake_itself_one_below_the_tier_limit() {
     let held = Held::new();
     let handle = ui.task(held.task()).user("u").submit().unwrap();
     held.started();
-    let waiter = {
-        let ui = ui.clone();
-        std::thread::spawn(move || {
-            let cpu0 = thread_cpu();
-            let r = ui.task(ok).user("u").submit_wait(Duration::from_secs(1));
-            (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
-        })
-    };
-    let (reason, spent) = waiter.join().unwrap();
-    assert!(
-        matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
-        "{reason:?}"
-    );
-    assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    each_waits_out_its_deadline_without_spinning(1, move || {
+        let r = ui.task(ok).user("u").submit_wait(Duration::from_secs(1));
+        r.err().map(|e| e.reason().clone())
+    });
     held.release_all(vec![handle]);
 }
 
@@ -330,20 +334,10 @@ fn a_level_refused_submitter_does_not_wake_itself_with_its_roll_back() {
     // One held task running, two queued: normal is full, 2 of 3 in all.
     let held = Held::new();
     let handles = held.fill(&ui, 2);
-    let waiter = {
-        let ui = ui.clone();
-        std::thread::spawn(move || {
-            let cpu0 = thread_cpu();
-            let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
-            (r.err().map(|e| e.reason().clone()), thread_cpu() - cpu0)
-        })
-    };
-    let (reason, spent) = waiter.join().unwrap();
-    assert!(
-        matches!(reason, Some(tierpool::RejectReason::DeadlineElapsed)),
-        "{reason:?}"
-    );
-    assert!(spent < Duration::from_millis(200), "spun for {spent:?}");
+    each_waits_out_its_deadline_without_spinning(1, move || {
+        let r = ui.submit_wait(Priority::Normal, ok, Duration::from_secs(1));
+        r.err().map(|e| e.reason().clone())
+    });
     held.release_all(handles);
 }
 
