@@ -604,23 +604,19 @@ impl Entry {
                     self.skip(now, SkipReason::Overlap);
                 }
             } else if due.last_on_time {
-                // A late run still waiting for the last run's return (a
-                // fire that came due while it ran) is covered by this one:
-                // one run now, never an on-time run and then a stale late
-                // one (found by a stress run: three runs where the policy
-                // promises two). The fire it stood for is missed.
-                if self.late_pending.take().is_some() {
-                    self.stats.missed += 1;
-                }
                 want = Some((RunKind::OnTime, Some(due.last_nominal)));
             } else if late {
-                // The same: one late run stands for every fire missed.
-                if self.late_pending.take().is_some() {
-                    self.stats.missed += 1;
-                }
                 want = Some((RunKind::Late, Some(due.last_nominal)));
             } else {
                 self.skip(now, SkipReason::Missed { fires: missed });
+            }
+            // A late run still waiting for the last run's return (a fire
+            // that came due while it ran) is covered by a run due now: one
+            // run, never an on-time or late run and then a stale late one
+            // (found by a stress run: three runs where the policy promises
+            // two). The fire it stood for is missed.
+            if want.is_some() && self.late_pending.take().is_some() {
+                self.stats.missed += 1;
             }
         }
         if self.running {

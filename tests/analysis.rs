@@ -16,6 +16,25 @@ fn manual_rt(m: &ManualClock) -> Runtime {
     Runtime::builder().clock(m.clock()).build().unwrap()
 }
 
+/// `manual_rt` with the analysis pool fixed at one worker.
+fn manual_rt_one_worker(m: &ManualClock) -> Runtime {
+    Runtime::builder()
+        .clock(m.clock())
+        .analysis(|t| t.workers(1))
+        .build()
+        .unwrap()
+}
+
+/// Up to `max_attempts` attempts, 1 s apart, no jitter.
+fn retry_every_second(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy::builder()
+        .max_attempts(max_attempts)
+        .base_delay(Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn scales_up_under_a_burst_and_down_after_keep_alive() {
     let m = ManualClock::new();
@@ -95,11 +114,7 @@ fn the_101st_queued_job_is_rejected_and_handed_back() {
 #[test]
 fn higher_priority_runs_first() {
     let m = ManualClock::new();
-    let rt = Runtime::builder()
-        .clock(m.clock())
-        .analysis(|t| t.workers(1))
-        .build()
-        .unwrap();
+    let rt = manual_rt_one_worker(&m);
     let a = rt.analysis();
     a.tier().pause();
     let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -243,11 +258,7 @@ fn failures_are_not_cached() {
 #[test]
 fn retries_follow_the_backoff_schedule_without_holding_a_worker() {
     let m = ManualClock::new();
-    let rt = Runtime::builder()
-        .clock(m.clock())
-        .analysis(|t| t.workers(1))
-        .build()
-        .unwrap();
+    let rt = manual_rt_one_worker(&m);
     let a = rt.analysis();
     let policy = RetryPolicy::builder()
         .max_attempts(3)
@@ -312,12 +323,7 @@ fn exhausted_retries_report_attempts() {
     let m = ManualClock::new();
     let rt = manual_rt(&m);
     let a = rt.analysis();
-    let policy = RetryPolicy::builder()
-        .max_attempts(2)
-        .base_delay(Duration::from_secs(1))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap();
+    let policy = retry_every_second(2);
     let h = a
         .request("doomed", 1, |_| Err::<(), _>("no".to_string()))
         .retry(policy)
@@ -470,18 +476,9 @@ fn a_retried_attempt_gets_its_full_timeout_after_a_busy_worker() {
     }
 
     let m = ManualClock::new();
-    let rt = Runtime::builder()
-        .clock(m.clock())
-        .analysis(|t| t.workers(1))
-        .build()
-        .unwrap();
+    let rt = manual_rt_one_worker(&m);
     let a = rt.analysis();
-    let policy = RetryPolicy::builder()
-        .max_attempts(2)
-        .base_delay(Duration::from_secs(1))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap();
+    let policy = retry_every_second(2);
     let (seen_tx, seen) = mpsc::channel::<(Option<Instant>, Instant)>();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
